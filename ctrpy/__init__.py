@@ -1,0 +1,1 @@
+"""ctrpy: a container manager wire-compatible with containerd."""

@@ -1,0 +1,153 @@
+"""The error kinds of ctrpy, and how they cross the gRPC boundary.
+
+Code inside ctrpy raises these; only the servicer edge turns them into gRPC status codes
+(:func:`to_grpc_code`), and only the client turns status codes back (:func:`from_grpc`).
+The hierarchy, with the gRPC code each maps to::
+
+    CtrpyError                  UNKNOWN
+    ├── InvalidArgument         INVALID_ARGUMENT
+    ├── NotFound                NOT_FOUND
+    ├── AlreadyExists           ALREADY_EXISTS
+    ├── FailedPrecondition      FAILED_PRECONDITION
+    ├── Conflict                FAILED_PRECONDITION (containerd's ErrConflict)
+    ├── OutOfRange              OUT_OF_RANGE
+    ├── Unavailable             UNAVAILABLE
+    ├── NotImplemented          UNIMPLEMENTED
+    ├── Aborted                 ABORTED
+    ├── Canceled                CANCELLED
+    └── DeadlineExceeded        DEADLINE_EXCEEDED
+
+Messages follow containerd's style: the subject first, then the kind after a colon, as in
+``container "web": not found``. containerd's clients strip that suffix and add it back, so the
+user sees exactly this text.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CtrpyError(Exception):
+    """Something went wrong that fits no narrower kind."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    suffix: str = "unknown"
+
+    def __init__(self, subject: str = "") -> None:
+        self.subject = subject
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        """The full message, ``<subject>: <kind>``, or just the kind when there is no subject."""
+        if not self.subject:
+            return self.suffix
+        if self.subject.endswith(": " + self.suffix):
+            return self.subject
+        return f"{self.subject}: {self.suffix}"
+
+
+class InvalidArgument(CtrpyError):
+    """The request itself is wrong: a bad identifier, a malformed filter, a missing field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    suffix = "invalid argument"
+
+
+class NotFound(CtrpyError):
+    """The named object does not exist in the current namespace."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    suffix = "not found"
+
+
+class AlreadyExists(CtrpyError):
+    """An object with that name or id already exists (or a blob with that digest is stored)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    suffix = "already exists"
+
+
+class FailedPrecondition(CtrpyError):
+    """The object is in the wrong state for the request: a non-empty namespace, a running task."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    suffix = "failed precondition"
+
+
+class Conflict(FailedPrecondition):
+    """A concurrent change got there first (containerd's ErrConflict)."""
+
+    suffix = "conflict"
+
+
+class OutOfRange(CtrpyError):
+    """An offset or size lies outside what the object has, as in a content write at a wrong offset."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    suffix = "out of range"
+
+
+class Unavailable(CtrpyError):
+    """A resource is busy or unreachable right now; the same request may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    suffix = "unavailable"
+
+
+class NotImplemented(CtrpyError):  # noqa: A001 - containerd's name for the kind
+    """The method exists in the API but ctrpy does not implement it (yet)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    suffix = "not implemented"
+
+
+class Aborted(CtrpyError):
+    """The operation was aborted, typically by a concurrency conflict in the store."""
+
+    code = grpc.StatusCode.ABORTED
+    suffix = "aborted"
+
+
+class Canceled(CtrpyError):
+    """The caller went away or asked to stop."""
+
+    code = grpc.StatusCode.CANCELLED
+    suffix = "context canceled"
+
+
+class DeadlineExceeded(CtrpyError):
+    """The operation ran out of time."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    suffix = "context deadline exceeded"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[CtrpyError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        OutOfRange,
+        Unavailable,
+        NotImplemented,
+        Aborted,
+        Canceled,
+        DeadlineExceeded,
+    )
+}
+
+
+def to_grpc_code(error: CtrpyError) -> grpc.StatusCode:
+    """The gRPC status code that carries ``error`` over the wire."""
+    return error.code
+
+
+def from_grpc(error: grpc.RpcError) -> CtrpyError:
+    """Turn a failed call's status back into the matching error kind (client side)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    cls = _BY_CODE.get(code, CtrpyError)
+    return cls(details or "")

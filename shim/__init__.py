@@ -1,0 +1,1 @@
+"""ctrpy-shim, one process per container (installed as ``ctrpy.shim``)."""
