@@ -1,0 +1,1 @@
+"""Tests of the snapshotter library: a conformance suite run against every implementation."""
