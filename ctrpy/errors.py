@@ -95,7 +95,7 @@ class Unavailable(CtrpyError):
     suffix = "unavailable"
 
 
-class NotImplemented(CtrpyError):  # noqa: A001 - containerd's name for the kind
+class NotImplemented(CtrpyError):
     """The method exists in the API but ctrpy does not implement it (yet)."""
 
     code = grpc.StatusCode.UNIMPLEMENTED

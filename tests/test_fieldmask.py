@@ -68,7 +68,7 @@ def test_apply_labels(
 ) -> None:
     before = dict(CURRENT)
     assert fieldmask.apply_labels(CURRENT, update, paths) == expected
-    assert CURRENT == before
+    assert before == CURRENT
 
 
 def test_apply_map_other_field_and_values() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ctrpy.manager.content import ContentStore
-from ctrpy.manager.content.aio import read_chunks
 
 from ctrpy.errors import NotFound, OutOfRange
+from ctrpy.manager.content import ContentStore
+from ctrpy.manager.content.aio import read_chunks
 
 from .content_helpers import put, sha256
 

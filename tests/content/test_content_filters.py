@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ctrpy.manager.content import ContentStore
 
 from ctrpy.errors import InvalidArgument
+from ctrpy.manager.content import ContentStore
 
 
 @pytest.fixture

@@ -5,15 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from ctrpy.manager.content import (
-    EMPTY_DIGEST,
-    Committed,
-    ContentStore,
-    WriteAction,
-    WriteReply,
-    WriteRequest,
-    WriteSession,
-)
 
 from ctrpy.errors import (
     AlreadyExists,
@@ -22,6 +13,15 @@ from ctrpy.errors import (
     NotFound,
     OutOfRange,
     Unavailable,
+)
+from ctrpy.manager.content import (
+    EMPTY_DIGEST,
+    Committed,
+    ContentStore,
+    WriteAction,
+    WriteReply,
+    WriteRequest,
+    WriteSession,
 )
 
 from .content_helpers import put, sha256

@@ -8,9 +8,9 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from ctrpy.manager.content import EMPTY_DIGEST, ContentStore
 
 from ctrpy.errors import InvalidArgument, NotFound, OutOfRange
+from ctrpy.manager.content import EMPTY_DIGEST, ContentStore
 
 from .content_helpers import put, sha256
 

@@ -8,8 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from ctrpy.manager.content import BlobAlreadyExists, ContentStore
-from ctrpy.manager.content.ingest import dirname_for
 
 from ctrpy.errors import (
     AlreadyExists,
@@ -19,6 +17,8 @@ from ctrpy.errors import (
     OutOfRange,
     Unavailable,
 )
+from ctrpy.manager.content import BlobAlreadyExists, ContentStore
+from ctrpy.manager.content.ingest import dirname_for
 
 from .content_helpers import put, sha256
 

@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from ctrpy.snapshotter.types import Info, Kind, Usage
 
 from ctrpy.errors import (
     AlreadyExists,
@@ -26,6 +25,7 @@ from ctrpy.errors import (
     NotFound,
     Unavailable,
 )
+from ctrpy.snapshotter.types import Info, Kind, Usage
 
 from .harness import Harness, tree, write
 

@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ctrpy.snapshotter.base import Snapshotter
-
 from ctrpy.mount import Mount, mount_all, unmount_all
+from ctrpy.snapshotter.base import Snapshotter
 
 Factory = Callable[[Path], Snapshotter]
 

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ctrpy.snapshotter.native import NativeSnapshotter
 
 from ctrpy.errors import NotFound
 from ctrpy.mount import Mount
+from ctrpy.snapshotter.native import NativeSnapshotter
 
 from .conformance import CHECKS
 from .harness import Harness, tree, write

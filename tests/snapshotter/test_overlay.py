@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ctrpy.snapshotter import overlay
-from ctrpy.snapshotter.overlay import OverlaySnapshotter
 
 from ctrpy.errors import FailedPrecondition
 from ctrpy.mount import PAGE_SIZE, Mount, mount_all, unmount_all
+from ctrpy.snapshotter import overlay
+from ctrpy.snapshotter.overlay import OverlaySnapshotter
 
 from .conformance import CHECKS
 from .harness import Harness, tree, write

@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from ctrpy.snapshotter.storage import MIGRATIONS, MetaStore
-from ctrpy.snapshotter.types import Kind, Usage
 
 from ctrpy.errors import AlreadyExists, FailedPrecondition, Unavailable
+from ctrpy.snapshotter.storage import MIGRATIONS, MetaStore
+from ctrpy.snapshotter.types import Kind, Usage
 
 
 def test_fresh_database_is_at_the_latest_version(tmp_path: Path) -> None:

@@ -255,7 +255,7 @@ def stop(ctrd: ReferenceContainerd, grace: float = 10) -> None:
     for step in steps:
         try:
             step()
-        except Exception as err:  # noqa: BLE001 - keep cleaning up
+        except Exception as err:
             print(f"reference containerd cleanup: {err!r}", file=sys.stderr)
 
 

@@ -1,0 +1,58 @@
+"""``ctrpy``: the command line for ctrpyd (and, since the API is the same, for containerd).
+
+Commands read like ``ctr``'s: ``ctrpy NOUN VERB [ARGS]``. The global options ``--address``,
+``--namespace`` and ``--timeout`` are applied once, by :class:`ctrpy.client.Client`; every command
+prints an aligned table, or JSON with ``--format json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ctrpy.client import Client, default_address, default_namespace
+from ctrpy.errors import CtrpyError
+
+from . import containers, images, leases, namespaces, system
+
+Command = Callable[[Client, argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctrpy", description="Manage containers through ctrpyd.")
+    parser.add_argument(
+        "--address", "-a", default=default_address(),
+        help="ctrpyd's socket (env CTRPY_ADDRESS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--namespace", "-n", default=default_namespace(),
+        help="namespace to work in (env CTRPY_NAMESPACE, default %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for each call")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
+    for module in (system, namespaces, leases, containers, images):
+        module.register(nouns)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    run: Command | None = getattr(args, "run", None)
+    if run is None:
+        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        return 2
+    try:
+        with Client(args.address, args.namespace, args.timeout) as client:
+            return run(client, args)
+    except CtrpyError as exc:
+        print(f"ctrpy: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The event exchange: ctrpyd's in-process bus, and what the Events service streams from.
+
+Stores never publish; servicers publish after their transaction commits, so an event always
+describes something that happened. Publishing never waits: each subscriber has its own bounded
+queue, and one that falls too far behind is cut off with a clear error saying how many events it
+missed, instead of slowing the publisher or the other subscribers (containerd's exchange drops
+silently; ctrpy tells).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from google.protobuf.message import Message
+
+from ctrpy import filters, identifiers
+from ctrpy.errors import InvalidArgument, Unavailable
+from ctrpy.records import AnyValue
+
+log = structlog.get_logger(__name__)
+
+QUEUE_LIMIT = 4096
+_TOPIC = re.compile(r"^(/[A-Za-z0-9][A-Za-z0-9._-]*)+$")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    timestamp: datetime
+    namespace: str
+    topic: str
+    event: AnyValue
+
+
+def validate_topic(topic: str) -> str:
+    """containerd's rule: a path of identifier-like components, starting with ``/``."""
+    if not _TOPIC.match(topic):
+        raise InvalidArgument(f'must start with "/" and contain path components: topic "{topic}"')
+    return topic
+
+
+def pack(event: Message) -> AnyValue:
+    """An event as containerd sends it: an ``Any`` whose type URL is the bare full message name."""
+    return AnyValue(type_url=event.DESCRIPTOR.full_name, value=event.SerializeToString())
+
+
+def _adaptor(envelope: Envelope) -> filters.Adaptor:
+    def field(path: Sequence[str]) -> tuple[str, bool]:
+        if not path:
+            return "", False
+        if path[0] == "namespace" and len(path) == 1:
+            return envelope.namespace, True
+        if path[0] == "topic" and len(path) == 1:
+            return envelope.topic, True
+        return "", False
+
+    return field
+
+
+class _Subscriber:
+    def __init__(self, match: filters.Filter) -> None:
+        self.match = match
+        self.queue: asyncio.Queue[Envelope] = asyncio.Queue(QUEUE_LIMIT)
+        self.missed = 0
+
+
+class Exchange:
+    """Fan-out of events to subscribers. All methods are called on the event loop."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[_Subscriber] = set()
+
+    def publish(self, namespace: str, topic: str, event: Message) -> None:
+        """Publish ``event`` under ``topic`` in ``namespace``; never blocks."""
+        self.forward(
+            Envelope(
+                timestamp=datetime.now(UTC),
+                namespace=identifiers.validate(namespace),
+                topic=validate_topic(topic),
+                event=pack(event),
+            )
+        )
+
+    def forward(self, envelope: Envelope) -> None:
+        """Deliver an already-built envelope (the Forward RPC, shims' events)."""
+        log.debug("event", topic=envelope.topic, ns=envelope.namespace, type=envelope.event.type_url)
+        for subscriber in self._subscribers:
+            if subscriber.missed or not subscriber.match.match(_adaptor(envelope)):
+                if subscriber.missed:
+                    subscriber.missed += 1
+                continue
+            try:
+                subscriber.queue.put_nowait(envelope)
+            except asyncio.QueueFull:
+                subscriber.missed = 1
+
+    async def subscribe(self, filter_expressions: Sequence[str] = ()) -> AsyncIterator[Envelope]:
+        """Yield every event published from now on that matches one of the filters.
+
+        Raises Unavailable when the subscriber fell more than QUEUE_LIMIT events behind.
+        """
+        subscriber = _Subscriber(filters.parse_all(filter_expressions))
+        self._subscribers.add(subscriber)
+        try:
+            while True:
+                if subscriber.missed and subscriber.queue.empty():
+                    raise Unavailable(
+                        f"event subscriber fell behind: {subscriber.missed} events were not delivered"
+                    )
+                yield await subscriber.queue.get()
+        finally:
+            self._subscribers.discard(subscriber)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,64 @@
+"""The ``ctrpyd`` command: parse flags, load the configuration, and serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from ctrpy.errors import CtrpyError
+
+from . import config as configuration
+from . import logsetup
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctrpyd", description="ctrpy's container manager daemon (containerd API v1 compatible)."
+    )
+    parser.add_argument("--config", "-c", type=Path, help="TOML configuration file")
+    parser.add_argument("--root", type=Path, help="durable root directory (default /var/lib/ctrpy)")
+    parser.add_argument("--state", type=Path, help="volatile state directory (default /run/ctrpy)")
+    parser.add_argument("--address", "-a", type=Path, help="unix socket to serve on")
+    parser.add_argument("--log-level", "-l", choices=configuration.LOG_LEVELS)
+    parser.add_argument("--log-format", choices=configuration.LOG_FORMATS)
+    commands = parser.add_subparsers(dest="command")
+    config_command = commands.add_parser("config", help="work with the configuration")
+    config_command.add_argument("action", choices=["default", "dump"], help="print the defaults, or the effective config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        base = configuration.Config()
+        loaded = configuration.load(args.config) if args.config else base
+        config = configuration.validate(
+            loaded.with_overrides(
+                root=args.root,
+                state=args.state,
+                address=args.address,
+                log_level=args.log_level,
+                log_format=args.log_format,
+            )
+        )
+    except (CtrpyError, OSError) as exc:
+        print(f"ctrpyd: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "config":
+        sys.stdout.write(configuration.render(base if args.action == "default" else config))
+        return 0
+    logsetup.configure(config.log_level, config.log_format)
+    from .server import serve  # imported late: `ctrpyd config` should not load grpc
+
+    try:
+        asyncio.run(serve(config))
+    except CtrpyError as exc:
+        print(f"ctrpyd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

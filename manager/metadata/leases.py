@@ -1,0 +1,147 @@
+"""Leases: named holds on resources (content, snapshots, ingests) that garbage collection honours.
+
+A lease is created by a client around work that makes resources before anything else refers to
+them (an import, an unpack, a container's first snapshot). Resources are attached explicitly
+(AddResource) or by calls made with the ``containerd-lease`` header.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from collections.abc import Sequence
+
+from ctrpy import filters, identifiers
+from ctrpy.errors import AlreadyExists, InvalidArgument, NotFound
+from ctrpy.records import Lease, LeaseResource, freeze
+
+from .db import Database
+from .rows import (
+    current_namespace,
+    dump_labels,
+    ensure_namespace,
+    load_labels,
+    now_ns,
+    to_datetime,
+    validate_labels,
+)
+
+# containerd's resource types: content blobs, ingests, and snapshots of a named snapshotter.
+_RESOURCE_TYPES = ("content", "ingests")
+_SNAPSHOT_PREFIX = "snapshots/"
+
+
+MAX_LEASE_ID = 1024
+
+
+def validate_lease_id(lease_id: str) -> str:
+    """A lease id is any printable string (containerd accepts paths: ``ctr images mount`` uses its
+    target directory); it never becomes a path here, so only emptiness, size and control
+    characters are refused."""
+    if not lease_id:
+        raise InvalidArgument("lease id must be provided")
+    if len(lease_id) > MAX_LEASE_ID or any(ord(ch) < 0x20 or ch == "\x7f" for ch in lease_id):
+        raise InvalidArgument(f"lease id {lease_id[:80]!r} is invalid")
+    return lease_id
+
+
+def validate_resource(resource: LeaseResource) -> None:
+    if not resource.id:
+        raise InvalidArgument("resource id must not be empty")
+    if "\x00" in resource.id:
+        raise InvalidArgument("resource id must not contain NUL")
+    if resource.type in _RESOURCE_TYPES:
+        return
+    if resource.type.startswith(_SNAPSHOT_PREFIX) and resource.type != _SNAPSHOT_PREFIX:
+        identifiers.validate(resource.type[len(_SNAPSHOT_PREFIX):])
+        return
+    raise InvalidArgument(f'unsupported resource type "{resource.type}"')
+
+
+class LeaseStore:
+    """Leases in the call's namespace. Methods run on the database thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _require(self, conn: sqlite3.Connection, namespace: str, lease_id: str) -> None:
+        row = conn.execute(
+            "SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f'lease "{lease_id}"')
+
+    def create(self, lease_id: str, labels: dict[str, str]) -> Lease:
+        namespace = current_namespace()
+        validate_lease_id(lease_id)
+        validate_labels(labels)
+        stamp = now_ns()
+        with self.db.transaction() as conn:
+            ensure_namespace(conn, namespace)
+            try:
+                conn.execute(
+                    "INSERT INTO leases (namespace, id, labels, created_at) VALUES (?, ?, ?, ?)",
+                    (namespace, lease_id, dump_labels(labels), stamp),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f'lease "{lease_id}"') from None
+        return Lease(id=lease_id, labels=freeze(labels), created_at=to_datetime(stamp))
+
+    def delete(self, lease_id: str) -> None:
+        namespace = current_namespace()
+        validate_lease_id(lease_id)
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f'lease "{lease_id}"')
+
+    def list(self, filter_expressions: Sequence[str] = ()) -> list[Lease]:
+        namespace = current_namespace()
+        match = filters.parse_all(filter_expressions)
+        rows = self.db.conn.execute(
+            "SELECT id, labels, created_at FROM leases WHERE namespace = ? ORDER BY created_at, id",
+            (namespace,),
+        )
+        found = [
+            Lease(id=lid, labels=load_labels(labels), created_at=to_datetime(created))
+            for lid, labels, created in rows
+        ]
+        return [lease for lease in found if match.match(filters.lease_adaptor(lease.id, lease.labels))]
+
+    def add_resource(self, lease_id: str, resource: LeaseResource) -> None:
+        namespace = current_namespace()
+        validate_lease_id(lease_id)
+        validate_resource(resource)
+        with self.db.transaction() as conn:
+            self._require(conn, namespace, lease_id)
+            conn.execute(
+                "INSERT OR IGNORE INTO lease_resources (namespace, lease_id, type, resource_id)"
+                " VALUES (?, ?, ?, ?)",
+                (namespace, lease_id, resource.type, resource.id),
+            )
+
+    def delete_resource(self, lease_id: str, resource: LeaseResource) -> None:
+        namespace = current_namespace()
+        validate_lease_id(lease_id)
+        validate_resource(resource)
+        with self.db.transaction() as conn:
+            self._require(conn, namespace, lease_id)
+            conn.execute(
+                "DELETE FROM lease_resources WHERE namespace = ? AND lease_id = ? AND type = ?"
+                " AND resource_id = ?",
+                (namespace, lease_id, resource.type, resource.id),
+            )
+
+    def list_resources(self, lease_id: str) -> builtins.list[LeaseResource]:
+        namespace = current_namespace()
+        validate_lease_id(lease_id)
+        conn = self.db.conn
+        self._require(conn, namespace, lease_id)
+        rows = conn.execute(
+            "SELECT resource_id, type FROM lease_resources WHERE namespace = ? AND lease_id = ?"
+            " ORDER BY type, resource_id",
+            (namespace, lease_id),
+        )
+        return [LeaseResource(id=rid, type=rtype) for rid, rtype in rows]

@@ -1,0 +1,217 @@
+"""The composition root of ctrpyd: build everything in order, serve, and unwind in reverse.
+
+``serve(config)`` opens the metadata database, makes the stores and the event exchange, builds
+the servicers on top, and serves them on the unix socket until a signal arrives. Each piece is
+pushed onto an ``AsyncExitStack`` as it is made, so shutdown (or a failure half-way through
+start-up) closes them in reverse order. containerd: ``cmd/containerd/server/server.go``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ctrpy.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from ctrpy.api.containerd.services.content.v1 import content_pb2
+from ctrpy.api.containerd.services.diff.v1 import diff_pb2
+from ctrpy.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+from ctrpy.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+from ctrpy.api.containerd.services.introspection.v1 import introspection_pb2, introspection_pb2_grpc
+from ctrpy.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
+from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2
+from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2
+from ctrpy.api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
+from ctrpy.errors import Unavailable
+
+from .config import Config
+from .events import Exchange
+from .metadata.containers import ContainerStore
+from .metadata.db import Database
+from .metadata.images import ImageStore
+from .metadata.leases import LeaseStore
+from .metadata.namespaces import NamespaceStore
+from .metadata.server_info import server_uuid
+from .services.containers import ContainersServicer
+from .services.edge import EdgeInterceptor, unimplemented_service
+from .services.events import EventsServicer
+from .services.images import ImagesServicer
+from .services.introspection import IntrospectionServicer, Plugin
+from .services.leases import LeasesServicer
+from .services.namespaces import NamespacesServicer
+from .services.version import VersionServicer
+
+log = structlog.get_logger(__name__)
+
+# ctr sends up to 16 MiB messages; accept the same.
+MAX_MESSAGE = 16 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 10.0
+GRPC_PLUGIN = "io.containerd.grpc.v1"
+
+# API services registered but not served yet: their methods answer UNIMPLEMENTED.
+NOT_YET = {
+    "content": content_pb2.DESCRIPTOR.services_by_name["Content"],
+    "snapshots": snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
+    "diff": diff_pb2.DESCRIPTOR.services_by_name["Diff"],
+    "tasks": tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
+}
+
+
+@contextlib.contextmanager
+def _root_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the root, so two ctrpyd never share one store."""
+    fd = os.open(root / "ctrpyd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Unavailable(f"root {root} is in use by another ctrpyd") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim_socket(address: Path) -> None:
+    """Remove a stale socket file; refuse when a live server answers on it."""
+    if not address.exists() and not address.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(address))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        address.unlink(missing_ok=True)
+    else:
+        raise Unavailable(f"address {address} is in use by a running server")
+    finally:
+        probe.close()
+
+
+def _plugins(config: Config) -> list[Plugin]:
+    platform = (("linux", os.uname().machine.replace("x86_64", "amd64").replace("aarch64", "arm64")),)
+    plugins = [
+        Plugin("io.containerd.event.v1", "exchange"),
+        Plugin("io.containerd.metadata.v1", "sqlite", exports={"path": str(config.root / "meta.db")}),
+    ]
+    plugins += [
+        Plugin(GRPC_PLUGIN, name, requires=("io.containerd.metadata.v1",))
+        for name in ("containers", "events", "images", "introspection", "leases", "namespaces", "version")
+    ]
+    plugins.append(Plugin(GRPC_PLUGIN, "healthcheck"))
+    plugins += [
+        Plugin(GRPC_PLUGIN, name, platforms=platform, init_error="skip plugin: not implemented yet")
+        for name in sorted(NOT_YET)
+    ]
+    return plugins
+
+
+def _prepare_directories(config: Config) -> None:
+    config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config.state.mkdir(mode=0o711, parents=True, exist_ok=True)
+    config.address.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Run ctrpyd until SIGTERM or SIGINT (a second one forces an immediate stop)."""
+    _prepare_directories(config)
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(_root_lock(config.root))
+        db = Database(config.root / "meta.db")
+        stack.callback(db.close)
+        namespace_store = NamespaceStore(db)
+        exchange = Exchange()
+        uuid = await db.run(server_uuid, db)
+
+        server = grpc.aio.server(
+            interceptors=[EdgeInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        version_pb2_grpc.add_VersionServicer_to_server(VersionServicer(), server)
+        introspection_pb2_grpc.add_IntrospectionServicer_to_server(
+            IntrospectionServicer(_plugins(config), uuid), server
+        )
+        namespace_pb2_grpc.add_NamespacesServicer_to_server(
+            NamespacesServicer(db, namespace_store, exchange), server
+        )
+        containers_pb2_grpc.add_ContainersServicer_to_server(
+            ContainersServicer(db, ContainerStore(db), exchange), server
+        )
+        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(db, ImageStore(db), exchange), server)
+        leases_pb2_grpc.add_LeasesServicer_to_server(LeasesServicer(db, LeaseStore(db)), server)
+        events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(exchange), server)
+        for name, descriptor in NOT_YET.items():
+            server.add_generic_rpc_handlers((unimplemented_service(descriptor, f"the {name} service"),))
+
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        served = [
+            version_pb2.DESCRIPTOR.services_by_name["Version"].full_name,
+            introspection_pb2.DESCRIPTOR.services_by_name["Introspection"].full_name,
+            namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"].full_name,
+            containers_pb2.DESCRIPTOR.services_by_name["Containers"].full_name,
+            images_pb2.DESCRIPTOR.services_by_name["Images"].full_name,
+            leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
+            events_pb2.DESCRIPTOR.services_by_name["Events"].full_name,
+            *(descriptor.full_name for descriptor in NOT_YET.values()),
+        ]
+        reflection.enable_server_reflection(
+            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+
+        _claim_socket(config.address)
+        old_umask = os.umask(0o177)  # the socket is created owner-only, then opened to the group
+        try:
+            server.add_insecure_port(f"unix:{config.address}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        stack.callback(config.address.unlink, missing_ok=True)
+        os.chown(config.address, config.socket_uid, config.socket_gid)
+        os.chmod(config.address, config.socket_mode)
+        for name in served:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+        stopping = asyncio.Event()
+        signals_seen = 0
+        forced: list[asyncio.Task[None]] = []
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                log.info("shutting down: draining calls", signal=signal.Signals(signum).name)
+                stopping.set()
+            else:
+                log.warning("second signal: stopping now", signal=signal.Signals(signum).name)
+                forced.append(loop.create_task(server.stop(0)))
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+            stack.callback(loop.remove_signal_handler, signum)
+
+        log.info("ctrpyd serving", address=str(config.address), root=str(config.root), state=str(config.state))
+        if ready is not None:
+            ready.set()
+        await stopping.wait()
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        log.info("ctrpyd stopped")
