@@ -15,11 +15,13 @@ import fcntl
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import descriptor as pb_descriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -69,6 +71,37 @@ NOT_YET = {
 }
 
 
+class Services:
+    """What ctrpyd serves: each gRPC service with the plugin entry that introspection reports."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+        self.plugins: list[Plugin] = []
+        self.names: list[str] = []
+
+    def add(
+        self,
+        plugin_id: str,
+        servicer: object,
+        add_to_server: Callable[[Any, grpc.aio.Server], None],
+        service: pb_descriptor.ServiceDescriptor,
+        requires: tuple[str, ...] = ("io.containerd.metadata.v1",),
+    ) -> None:
+        """Serve ``servicer`` (made by the generated ``add_XServicer_to_server``) as ``plugin_id``."""
+        add_to_server(servicer, self.server)
+        self.names.append(service.full_name)
+        self.plugins.append(Plugin(GRPC_PLUGIN, plugin_id, requires=requires))
+
+    def add_plugin(self, plugin: Plugin) -> None:
+        """Report a non-gRPC piece (a store, a snapshotter) in introspection."""
+        self.plugins.append(plugin)
+
+    def add_unimplemented(self, plugin_id: str, service: pb_descriptor.ServiceDescriptor) -> None:
+        self.server.add_generic_rpc_handlers((unimplemented_service(service, f"the {plugin_id} service"),))
+        self.names.append(service.full_name)
+        self.plugins.append(Plugin(GRPC_PLUGIN, plugin_id, init_error="skip plugin: not implemented yet"))
+
+
 @contextlib.contextmanager
 def _root_lock(root: Path) -> Iterator[None]:
     """Hold an exclusive lock on the root, so two ctrpyd never share one store."""
@@ -100,24 +133,6 @@ def _claim_socket(address: Path) -> None:
         probe.close()
 
 
-def _plugins(config: Config) -> list[Plugin]:
-    platform = (("linux", os.uname().machine.replace("x86_64", "amd64").replace("aarch64", "arm64")),)
-    plugins = [
-        Plugin("io.containerd.event.v1", "exchange"),
-        Plugin("io.containerd.metadata.v1", "sqlite", exports={"path": str(config.root / "meta.db")}),
-    ]
-    plugins += [
-        Plugin(GRPC_PLUGIN, name, requires=("io.containerd.metadata.v1",))
-        for name in ("containers", "events", "images", "introspection", "leases", "namespaces", "version")
-    ]
-    plugins.append(Plugin(GRPC_PLUGIN, "healthcheck"))
-    plugins += [
-        Plugin(GRPC_PLUGIN, name, platforms=platform, init_error="skip plugin: not implemented yet")
-        for name in sorted(NOT_YET)
-    ]
-    return plugins
-
-
 def _prepare_directories(config: Config) -> None:
     config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     config.state.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -143,38 +158,37 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ],
         )
-        version_pb2_grpc.add_VersionServicer_to_server(VersionServicer(), server)
-        introspection_pb2_grpc.add_IntrospectionServicer_to_server(
-            IntrospectionServicer(_plugins(config), uuid), server
+        services = Services(server)
+        services.add_plugin(Plugin("io.containerd.event.v1", "exchange"))
+        services.add_plugin(
+            Plugin("io.containerd.metadata.v1", "sqlite", exports={"path": str(config.root / "meta.db")})
         )
-        namespace_pb2_grpc.add_NamespacesServicer_to_server(
-            NamespacesServicer(db, namespace_store, exchange), server
-        )
-        containers_pb2_grpc.add_ContainersServicer_to_server(
-            ContainersServicer(db, ContainerStore(db), exchange), server
-        )
-        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(db, ImageStore(db), exchange), server)
-        leases_pb2_grpc.add_LeasesServicer_to_server(LeasesServicer(db, LeaseStore(db)), server)
-        events_pb2_grpc.add_EventsServicer_to_server(EventsServicer(exchange), server)
-        for name, descriptor in NOT_YET.items():
-            server.add_generic_rpc_handlers((unimplemented_service(descriptor, f"the {name} service"),))
-
+        services.add("version", VersionServicer(), version_pb2_grpc.add_VersionServicer_to_server,
+                     version_pb2.DESCRIPTOR.services_by_name["Version"], requires=())
+        services.add("namespaces", NamespacesServicer(db, namespace_store, exchange),
+                     namespace_pb2_grpc.add_NamespacesServicer_to_server,
+                     namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"])
+        services.add("containers", ContainersServicer(db, ContainerStore(db), exchange),
+                     containers_pb2_grpc.add_ContainersServicer_to_server,
+                     containers_pb2.DESCRIPTOR.services_by_name["Containers"])
+        services.add("images", ImagesServicer(db, ImageStore(db), exchange),
+                     images_pb2_grpc.add_ImagesServicer_to_server,
+                     images_pb2.DESCRIPTOR.services_by_name["Images"])
+        services.add("leases", LeasesServicer(db, LeaseStore(db)), leases_pb2_grpc.add_LeasesServicer_to_server,
+                     leases_pb2.DESCRIPTOR.services_by_name["Leases"])
+        services.add("events", EventsServicer(exchange), events_pb2_grpc.add_EventsServicer_to_server,
+                     events_pb2.DESCRIPTOR.services_by_name["Events"], requires=("io.containerd.event.v1",))
+        for plugin_id, descriptor in NOT_YET.items():
+            services.add_unimplemented(plugin_id, descriptor)
+        # Introspection last: it reports everything added above, itself and health included.
+        introspection = IntrospectionServicer([], uuid)
+        services.add("introspection", introspection, introspection_pb2_grpc.add_IntrospectionServicer_to_server,
+                     introspection_pb2.DESCRIPTOR.services_by_name["Introspection"])
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        served = [
-            version_pb2.DESCRIPTOR.services_by_name["Version"].full_name,
-            introspection_pb2.DESCRIPTOR.services_by_name["Introspection"].full_name,
-            namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"].full_name,
-            containers_pb2.DESCRIPTOR.services_by_name["Containers"].full_name,
-            images_pb2.DESCRIPTOR.services_by_name["Images"].full_name,
-            leases_pb2.DESCRIPTOR.services_by_name["Leases"].full_name,
-            events_pb2.DESCRIPTOR.services_by_name["Events"].full_name,
-            *(descriptor.full_name for descriptor in NOT_YET.values()),
-        ]
-        reflection.enable_server_reflection(
-            [*served, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+        services.add("healthcheck", health_servicer, health_pb2_grpc.add_HealthServicer_to_server,
+                     health_pb2.DESCRIPTOR.services_by_name["Health"], requires=())
+        introspection.plugins = services.plugins
+        reflection.enable_server_reflection([*services.names, reflection.SERVICE_NAME], server)
 
         _claim_socket(config.address)
         old_umask = os.umask(0o177)  # the socket is created owner-only, then opened to the group
@@ -186,7 +200,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         stack.callback(config.address.unlink, missing_ok=True)
         os.chown(config.address, config.socket_uid, config.socket_gid)
         os.chmod(config.address, config.socket_mode)
-        for name in served:
+        for name in services.names:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 

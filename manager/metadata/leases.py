@@ -58,6 +58,24 @@ def validate_resource(resource: LeaseResource) -> None:
     raise InvalidArgument(f'unsupported resource type "{resource.type}"')
 
 
+def attach(conn: sqlite3.Connection, namespace: str, lease_id: str | None, resource: LeaseResource) -> None:
+    """Record ``resource`` as held by ``lease_id``, inside the caller's transaction.
+
+    Stores call this for what they create while a call carries the ``containerd-lease`` header
+    (pass ``namespaces.current_lease.get()``); no lease means nothing to record. A lease that
+    does not exist is NotFound, as in containerd.
+    """
+    if not lease_id:
+        return
+    row = conn.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
+    if row is None:
+        raise NotFound(f'lease "{lease_id}"')
+    conn.execute(
+        "INSERT OR IGNORE INTO lease_resources (namespace, lease_id, type, resource_id) VALUES (?, ?, ?, ?)",
+        (namespace, lease_id, resource.type, resource.id),
+    )
+
+
 class LeaseStore:
     """Leases in the call's namespace. Methods run on the database thread."""
 
