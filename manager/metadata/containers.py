@@ -26,8 +26,8 @@ from .rows import (
 )
 
 _COLUMNS = (
-    "id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key,"
-    " extensions, created_at, updated_at"
+    "id, labels, image, runtime_name, runtime_options_type, runtime_options, spec_type, spec,"
+    " snapshotter, snapshot_key, extensions, created_at, updated_at"
 )
 
 # The fields a full replace (an update with no mask) may change; the rest are immutable.
@@ -43,15 +43,25 @@ def _load_extensions(text: str) -> Mapping[str, AnyValue]:
     return MappingProxyType({key: value for key, value in loaded.items() if value is not None})
 
 
+def _any(type_url: object, value: object) -> AnyValue | None:
+    if type_url is None:
+        return None
+    return AnyValue(type_url=str(type_url), value=bytes(value))  # type: ignore[call-overload]
+
+
+def _any_columns(value: AnyValue | None) -> tuple[str | None, bytes | None]:
+    return (None, None) if value is None else (value.type_url, value.value)
+
+
 def _from_row(row: tuple[object, ...]) -> Container:
-    (cid, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key,
-     extensions, created_at, updated_at) = row
+    (cid, labels, image, runtime_name, options_type, options, spec_type, spec, snapshotter,
+     snapshot_key, extensions, created_at, updated_at) = row
     return Container(
         id=str(cid),
         labels=load_labels(str(labels)),
         image=str(image),
-        runtime=Runtime(name=str(runtime_name), options=load_any(runtime_options)),  # type: ignore[arg-type]
-        spec=load_any(spec),  # type: ignore[arg-type]
+        runtime=Runtime(name=str(runtime_name), options=_any(options_type, options)),
+        spec=_any(spec_type, spec),
         snapshotter=str(snapshotter),
         snapshot_key=str(snapshot_key),
         extensions=_load_extensions(str(extensions)),
@@ -118,14 +128,14 @@ class ContainerStore:
             ensure_namespace(conn, namespace)
             try:
                 conn.execute(
-                    f"INSERT INTO containers ({_COLUMNS}, namespace) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO containers ({_COLUMNS}, namespace) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         container.id,
                         dump_labels(container.labels),
                         container.image,
                         container.runtime.name,
-                        dump_any(container.runtime.options),
-                        dump_any(container.spec),
+                        *_any_columns(container.runtime.options),
+                        *_any_columns(container.spec),
                         container.snapshotter,
                         container.snapshot_key,
                         _dump_extensions(container.extensions),
@@ -174,12 +184,12 @@ class ContainerStore:
                     raise InvalidArgument(f'cannot update "{path}" field on "{update.id}"')
             validate(changed)
             conn.execute(
-                "UPDATE containers SET labels = ?, image = ?, spec = ?, snapshot_key = ?,"
+                "UPDATE containers SET labels = ?, image = ?, spec_type = ?, spec = ?, snapshot_key = ?,"
                 " extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?",
                 (
                     dump_labels(changed.labels),
                     changed.image,
-                    dump_any(changed.spec),
+                    *_any_columns(changed.spec),
                     changed.snapshot_key,
                     _dump_extensions(changed.extensions),
                     now_ns(),

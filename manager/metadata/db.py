@@ -4,8 +4,9 @@ The schema, as of the newest migration (``PRAGMA user_version`` holds the number
 
     server      (key PK, value)                       server-wide facts: the UUID
     namespaces  (name PK, labels, created_at, updated_at)
-    containers  (namespace, id, labels, image, runtime_name, runtime_options,
-                 spec, snapshotter, snapshot_key, extensions, created_at, updated_at)
+    containers  (namespace, id, labels, image, runtime_name, runtime_options_type,
+                 runtime_options, spec_type, spec, snapshotter, snapshot_key, extensions,
+                 created_at, updated_at)
                 PK (namespace, id)
     images      (namespace, name, labels, target_media_type, target_digest, target_size,
                  target_annotations, created_at, updated_at)      PK (namespace, name)
@@ -14,9 +15,16 @@ The schema, as of the newest migration (``PRAGMA user_version`` holds the number
                  lease_id references leases, deleted with it
     content     (namespace, digest, labels, created_at, updated_at)  PK (namespace, digest):
                  which namespaces may see a shared blob, and their labels for it
+    snapshots   (namespace, snapshotter, key, backend_key, parent, kind, labels,
+                 created_at, updated_at, commit_intent)           PK (namespace, snapshotter, key);
+                 UNIQUE (snapshotter, backend_key); parent NULL or the key of a row of the
+                 same namespace and snapshotter (RESTRICT); commit_intent NULL or JSON
+                 (see metadata/snapshots.py)
+    snapshot_sequences (snapshotter PK, last)                     numbers in backend keys
 
-Labels and other maps are JSON objects in TEXT columns. ``Any`` values (spec, runtime options,
-extensions) are stored as JSON ``{"type_url": ..., "value": <base64>}`` and returned unchanged.
+Labels and other maps are JSON objects in TEXT columns. The ``Any`` values of a container (spec,
+runtime options) are a type URL column and a BLOB column each, stored and returned byte for byte;
+extensions, a map of them, are JSON ``{name: {"type_url": ..., "value": <base64>}}``.
 Times are integer nanoseconds since the Unix epoch, UTC.
 
 Every mutation is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``); the database runs in WAL
@@ -44,30 +52,39 @@ Migration = Callable[[sqlite3.Connection], None]
 
 
 def _v1_initial(conn: sqlite3.Connection) -> None:
-    conn.executescript(
+    # One execute() per statement: executescript() would commit the migration's transaction.
+    statements = (
         """
-        CREATE TABLE server (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE server (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+        """,
+        """
         CREATE TABLE namespaces (
             name TEXT PRIMARY KEY,
             labels TEXT NOT NULL DEFAULT '{}',
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL
-        );
+        )
+        """,
+        """
         CREATE TABLE containers (
             namespace TEXT NOT NULL REFERENCES namespaces(name),
             id TEXT NOT NULL,
             labels TEXT NOT NULL DEFAULT '{}',
             image TEXT NOT NULL DEFAULT '',
             runtime_name TEXT NOT NULL,
-            runtime_options TEXT,
-            spec TEXT,
+            runtime_options_type TEXT,
+            runtime_options BLOB,
+            spec_type TEXT,
+            spec BLOB,
             snapshotter TEXT NOT NULL DEFAULT '',
             snapshot_key TEXT NOT NULL DEFAULT '',
             extensions TEXT NOT NULL DEFAULT '{}',
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL,
             PRIMARY KEY (namespace, id)
-        );
+        )
+        """,
+        """
         CREATE TABLE images (
             namespace TEXT NOT NULL REFERENCES namespaces(name),
             name TEXT NOT NULL,
@@ -79,14 +96,18 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL,
             PRIMARY KEY (namespace, name)
-        );
+        )
+        """,
+        """
         CREATE TABLE leases (
             namespace TEXT NOT NULL REFERENCES namespaces(name),
             id TEXT NOT NULL,
             labels TEXT NOT NULL DEFAULT '{}',
             created_at INTEGER NOT NULL,
             PRIMARY KEY (namespace, id)
-        );
+        )
+        """,
+        """
         CREATE TABLE lease_resources (
             namespace TEXT NOT NULL,
             lease_id TEXT NOT NULL,
@@ -94,7 +115,9 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             resource_id TEXT NOT NULL,
             PRIMARY KEY (namespace, lease_id, type, resource_id),
             FOREIGN KEY (namespace, lease_id) REFERENCES leases(namespace, id) ON DELETE CASCADE
-        );
+        )
+        """,
+        """
         CREATE TABLE content (
             namespace TEXT NOT NULL REFERENCES namespaces(name),
             digest TEXT NOT NULL,
@@ -102,14 +125,47 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL,
             PRIMARY KEY (namespace, digest)
-        );
-        CREATE INDEX content_by_digest ON content(digest);
+        )
+        """,
         """
+        CREATE INDEX content_by_digest ON content(digest)
+        """,
     )
+    for statement in statements:
+        conn.execute(statement)
+
+
+def _v2_snapshots(conn: sqlite3.Connection) -> None:
+    # Each namespace's view of the snapshotters: its keys, mapped to the backends' own keys.
+    # One execute() per statement: executescript() would commit the migration's transaction.
+    statements = (
+        """
+        CREATE TABLE snapshots (
+            namespace TEXT NOT NULL REFERENCES namespaces(name),
+            snapshotter TEXT NOT NULL,
+            key TEXT NOT NULL,
+            backend_key TEXT NOT NULL,
+            parent TEXT,
+            kind INTEGER NOT NULL,
+            labels TEXT NOT NULL DEFAULT '{}',
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            commit_intent TEXT,
+            PRIMARY KEY (namespace, snapshotter, key),
+            UNIQUE (snapshotter, backend_key),
+            FOREIGN KEY (namespace, snapshotter, parent)
+                REFERENCES snapshots(namespace, snapshotter, key) ON DELETE RESTRICT
+        )
+        """,
+        "CREATE INDEX snapshots_by_parent ON snapshots(namespace, snapshotter, parent)",
+        "CREATE TABLE snapshot_sequences (snapshotter TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+    )
+    for statement in statements:
+        conn.execute(statement)
 
 
 # Ordered: MIGRATIONS[i] takes the schema from version i to version i + 1. Append, never edit.
-MIGRATIONS: list[Migration] = [_v1_initial]
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_snapshots]
 
 
 def migrate(conn: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:

@@ -11,8 +11,7 @@ One interceptor wraps every method handler so that, for the duration of the call
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -33,21 +32,20 @@ else:
     Handler = grpc.RpcMethodHandler
 
 
-@contextlib.contextmanager
-def _call_context(context: Context) -> Iterator[None]:
+def _enter_call(context: Context) -> None:
+    """Set the call's namespace and lease, and bind them for logging.
+
+    Nothing is reset afterwards: grpc.aio runs every call in its own task, whose context is a
+    copy that dies with it. (Resetting from a streaming handler would even fail: grpc may close
+    the generator from another context when the client cancels.)
+    """
     metadata = {key: value for key, value in (context.invocation_metadata() or ())}
     namespace = str(metadata.get(namespaces.NAMESPACE_HEADER) or namespaces.DEFAULT)
     lease = metadata.get(namespaces.LEASE_HEADER)
     identifiers.validate(namespace)
-    ns_token = namespaces.current.set(namespace)
-    lease_token = namespaces.current_lease.set(str(lease) if lease else None)
-    bound = structlog.contextvars.bound_contextvars(ns=namespace, **({"lease": lease} if lease else {}))
-    try:
-        with bound:
-            yield
-    finally:
-        namespaces.current.reset(ns_token)
-        namespaces.current_lease.reset(lease_token)
+    namespaces.current.set(namespace)
+    namespaces.current_lease.set(str(lease) if lease else None)
+    structlog.contextvars.bind_contextvars(ns=namespace, **({"lease": lease} if lease else {}))
 
 
 async def _abort(context: Context, error: BaseException, method: str) -> None:
@@ -61,8 +59,8 @@ async def _abort(context: Context, error: BaseException, method: str) -> None:
 def _wrap_unary(method: str, inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         try:
-            with _call_context(context):
-                return await inner(request, context)
+            _enter_call(context)
+            return await inner(request, context)
         except (grpc.aio.AbortError, AssertionError):
             raise
         except Exception as error:
@@ -74,9 +72,9 @@ def _wrap_unary(method: str, inner: Callable[..., Awaitable[Any]]) -> Callable[.
 def _wrap_streaming(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
-            with _call_context(context):
-                async for item in inner(request, context):
-                    yield item
+            _enter_call(context)
+            async for item in inner(request, context):
+                yield item
         except (grpc.aio.AbortError, AssertionError):
             raise
         except Exception as error:
