@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import signal
 import socket
@@ -26,33 +27,44 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
-from ctrpy.api.containerd.services.content.v1 import content_pb2
-from ctrpy.api.containerd.services.diff.v1 import diff_pb2
+from ctrpy.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
+from ctrpy.api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from ctrpy.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from ctrpy.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from ctrpy.api.containerd.services.introspection.v1 import introspection_pb2, introspection_pb2_grpc
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
-from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2
+from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2
 from ctrpy.api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
-from ctrpy.errors import Unavailable
+from ctrpy.errors import CtrpyError, Unavailable
+from ctrpy.snapshotter.base import Snapshotter
+from ctrpy.snapshotter.native import NativeSnapshotter
+from ctrpy.snapshotter.overlay import OverlaySnapshotter
+from ctrpy.snapshotter.proxy import ProxySnapshotter
 
 from .config import Config
+from .content import ContentStore
 from .events import Exchange
 from .metadata.containers import ContainerStore
+from .metadata.content import NamespacedContent
 from .metadata.db import Database
 from .metadata.images import ImageStore
 from .metadata.leases import LeaseStore
 from .metadata.namespaces import NamespaceStore
 from .metadata.server_info import server_uuid
+from .metadata.snapshots import NAMESPACE_OWNER as SNAPSHOTS_OWNER
+from .metadata.snapshots import SnapshotStore
 from .services.containers import ContainersServicer
+from .services.content import ContentServicer
+from .services.diff import DiffServicer
 from .services.edge import EdgeInterceptor, unimplemented_service
 from .services.events import EventsServicer
 from .services.images import ImagesServicer
 from .services.introspection import IntrospectionServicer, Plugin
 from .services.leases import LeasesServicer
 from .services.namespaces import NamespacesServicer
+from .services.snapshots import SnapshotsServicer
 from .services.version import VersionServicer
 
 log = structlog.get_logger(__name__)
@@ -61,12 +73,10 @@ log = structlog.get_logger(__name__)
 MAX_MESSAGE = 16 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
 GRPC_PLUGIN = "io.containerd.grpc.v1"
+SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
 
 # API services registered but not served yet: their methods answer UNIMPLEMENTED.
 NOT_YET = {
-    "content": content_pb2.DESCRIPTOR.services_by_name["Content"],
-    "snapshots": snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
-    "diff": diff_pb2.DESCRIPTOR.services_by_name["Diff"],
     "tasks": tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
 }
 
@@ -133,6 +143,43 @@ def _claim_socket(address: Path) -> None:
         probe.close()
 
 
+async def _snapshotters(
+    config: Config, db: Database, services: Services, stack: contextlib.AsyncExitStack
+) -> dict[str, SnapshotStore]:
+    """Open overlayfs, native and every snapshot proxy plugin, each behind its namespaced store.
+
+    Each is recovered (interrupted commits settled, unreferenced backend snapshots removed)
+    before serving, and closed when ctrpyd stops. One that cannot work here (overlayfs on a
+    filesystem that cannot hold its upper directories) is reported as a skipped plugin.
+    """
+    snapshots = config.root / "snapshots"
+    candidates: list[tuple[str, Callable[[], Snapshotter], dict[str, str]]] = [
+        ("overlayfs", lambda: OverlaySnapshotter(snapshots / "overlayfs"), {"root": str(snapshots / "overlayfs")}),
+        ("native", lambda: NativeSnapshotter(snapshots / "native"), {"root": str(snapshots / "native")}),
+    ]
+    for name, proxy in sorted(config.proxy_plugins.items()):
+        if proxy.type == "snapshot":
+            dial = functools.partial(ProxySnapshotter, proxy.address, name)
+            candidates.append((name, dial, {"address": proxy.address}))
+    stores: dict[str, SnapshotStore] = {}
+    for name, open_backend, exports in candidates:
+        try:
+            backend = await asyncio.to_thread(open_backend)
+        except (CtrpyError, OSError) as exc:
+            log.warning("snapshotter not loaded", snapshotter=name, error=str(exc))
+            services.add_plugin(Plugin(SNAPSHOTTER_PLUGIN, name, exports=exports, init_error=f"skip plugin: {exc}"))
+            continue
+        stack.callback(backend.close)
+        store = SnapshotStore(db, name, backend)
+        try:
+            await store.recover()
+        except (CtrpyError, OSError) as exc:  # a proxy that is not up yet, say: serve anyway
+            log.warning("snapshotter recovery failed", snapshotter=name, error=str(exc))
+        services.add_plugin(Plugin(SNAPSHOTTER_PLUGIN, name, exports=exports))
+        stores[name] = store
+    return stores
+
+
 def _prepare_directories(config: Config) -> None:
     config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     config.state.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -176,8 +223,24 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      images_pb2.DESCRIPTOR.services_by_name["Images"])
         services.add("leases", LeasesServicer(db, LeaseStore(db)), leases_pb2_grpc.add_LeasesServicer_to_server,
                      leases_pb2.DESCRIPTOR.services_by_name["Leases"])
+        content = NamespacedContent(db, ContentStore(config.root))
+        services.add_plugin(
+            Plugin("io.containerd.content.v1", "content", exports={"root": str(content.store.path)})
+        )
+        services.add("content", ContentServicer(content, exchange), content_pb2_grpc.add_ContentServicer_to_server,
+                     content_pb2.DESCRIPTOR.services_by_name["Content"],
+                     requires=("io.containerd.content.v1", "io.containerd.metadata.v1"))
+        services.add_plugin(Plugin("io.containerd.differ.v1", "walking", requires=("io.containerd.content.v1",)))
+        services.add("diff", DiffServicer(content, config.root / "tmpmounts"), diff_pb2_grpc.add_DiffServicer_to_server,
+                     diff_pb2.DESCRIPTOR.services_by_name["Diff"], requires=("io.containerd.differ.v1",))
         services.add("events", EventsServicer(exchange), events_pb2_grpc.add_EventsServicer_to_server,
                      events_pb2.DESCRIPTOR.services_by_name["Events"], requires=("io.containerd.event.v1",))
+        namespace_store.extra_owners.append(SNAPSHOTS_OWNER)
+        snapshot_stores = await _snapshotters(config, db, services, stack)
+        services.add("snapshots", SnapshotsServicer(snapshot_stores, exchange),
+                     snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
+                     snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
+                     requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
         for plugin_id, descriptor in NOT_YET.items():
             services.add_unimplemented(plugin_id, descriptor)
         # Introspection last: it reports everything added above, itself and health included.
