@@ -59,7 +59,7 @@ def test_containers_ls_info_label_rm(daemon: Daemon) -> None:
 
 
 def test_images_ls_empty_and_rm_missing(daemon: Daemon) -> None:
-    assert ctrpy(daemon, "images", "ls").stdout.split() == ["REF", "TYPE", "DIGEST", "LABELS"]
+    assert ctrpy(daemon, "images", "ls").stdout.split() == ["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"]
     assert ctrpy(daemon, "images", "rm", "nothere:1").returncode == 0
 
 
