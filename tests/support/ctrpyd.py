@@ -64,12 +64,16 @@ class Daemon:
     def client(self, namespace: str = "default", timeout: float | None = 30.0) -> Client:
         return Client(str(self.address), namespace, timeout)
 
+    def ctr_command(self, namespace: str = "default") -> list[str]:
+        """The argv prefix that points the stock ctr at this daemon."""
+        return [CTR, "--address", str(self.address), "--namespace", namespace]
+
     def ctr(
         self, *args: str, namespace: str = "default", input: bytes | None = None, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
         """Run the stock ``ctr`` against this daemon; never raises on a non-zero exit."""
         return subprocess.run(
-            [CTR, "--address", str(self.address), "--namespace", namespace, *args],
+            [*self.ctr_command(namespace), *args],
             input=input.decode() if input is not None else None,
             capture_output=True,
             text=True,
