@@ -1,0 +1,286 @@
+"""ctrpyd's client for one shim: ``ctrpy.shim.v1.TaskService`` over the shim's unix socket.
+
+Methods mirror the shim's RPCs, take and return plain values and frozen dataclasses, and raise
+the ctrpy.errors kind that the shim's status code stands for (``ctrpy.errors.from_grpc``): a
+deleted task is NotFound, a request the task's state forbids is FailedPrecondition, a runtime
+failure carries runc's message. A shim that is gone raises Unavailable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+
+from ctrpy.api.containerd.types import mount_pb2
+from ctrpy.api.containerd.types.runc.options import oci_pb2
+from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
+from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
+from ctrpy.errors import Unavailable, from_grpc
+from ctrpy.mount import Mount
+from ctrpy.shim.files import ExitInfo
+
+T = TypeVar("T")
+
+PROCESS_SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+CALL_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """Where a process's stdio goes: FIFO paths, ``file://``/``binary://`` URIs, or ""."""
+
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """What the shim reports about one process (StateResponse)."""
+
+    id: str
+    exec_id: str
+    bundle: str
+    pid: int
+    status: int  # containerd.v1.types.Status: 1 CREATED, 2 RUNNING, 3 STOPPED, 4 PAUSED
+    stdio: Stdio
+    exit_status: int
+    exited_at_ns: int
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    """One process of a container: host pid and exec id ("" when it is not an exec process)."""
+
+    pid: int
+    exec_id: str = ""
+
+
+@dataclass(frozen=True)
+class RawAny:
+    """An opaque ``google.protobuf.Any``: type URL and serialized value."""
+
+    type_url: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class ShimInfo:
+    """What Connect reports: the shim's pid, the init pid (0 before Create), the version."""
+
+    shim_pid: int
+    task_pid: int
+    version: str
+
+
+def runc_options(binary_name: str = "", *, root: str = "", systemd_cgroup: bool = False) -> RawAny:
+    """containerd.runc.v1.Options, for :meth:`ShimClient.create`'s ``options``."""
+    opts = oci_pb2.Options(binary_name=binary_name, root=root, systemd_cgroup=systemd_cgroup)
+    return RawAny(RUNC_OPTIONS_URL, opts.SerializeToString())
+
+
+def _ns(ts: Any) -> int:
+    return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
+
+
+def socket_path(address: str) -> str:
+    """The filesystem path in ``unix:///path`` / ``unix:path`` / ``/path``."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return address
+
+
+def socket_answers(address: str) -> bool:
+    """Whether something accepts connections at the address right now (fails fast)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(socket_path(address))
+        return True
+    except BlockingIOError:
+        return True  # backlog full, but someone listens
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK, errno.ENOTDIR):
+            return False
+        raise
+    finally:
+        sock.close()
+
+
+class ShimClient:
+    """An asynchronous client for one shim; see the module docstring for errors."""
+
+    def __init__(self, address: str, container_id: str, *, call_timeout: float = CALL_TIMEOUT) -> None:
+        self.address = address
+        self.id = container_id
+        self.call_timeout = call_timeout
+        path = socket_path(address)
+        self._channel = grpc.aio.insecure_channel(f"unix:{path}")
+        self._stub = shim_pb2_grpc.TaskServiceStub(self._channel)
+
+    @classmethod
+    async def connect(cls, address: str, container_id: str, *, timeout: float = 2.0) -> ShimClient:
+        """A client whose shim has answered Connect; raises Unavailable quickly when it is gone."""
+        if not os.path.exists(socket_path(address)) or not socket_answers(address):
+            raise Unavailable(f'shim for task "{container_id}" at {address}')
+        client = cls(address, container_id)
+        try:
+            await client.info(timeout=timeout)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def close(self) -> None:
+        """Close the channel (the shim keeps running)."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> ShimClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(
+        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = -1.0
+    ) -> T:
+        try:
+            return await method(request, timeout=self.call_timeout if timeout == -1.0 else timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc) from None
+
+    async def info(self, *, timeout: float | None = -1.0) -> ShimInfo:
+        """Connect: the shim's pid, the init pid and the shim's version."""
+        r = await self._call(self._stub.Connect, pb.ConnectRequest(id=self.id), timeout)
+        return ShimInfo(r.shim_pid, r.task_pid, r.version)
+
+    async def create(
+        self,
+        bundle: str | os.PathLike[str],
+        rootfs: Sequence[Mount],
+        stdio: Stdio,
+        options: RawAny | None = None,
+    ) -> int:
+        """Create the task (mount rootfs, open stdio, runc create); returns the init pid."""
+        request = pb.CreateRequest(
+            id=self.id,
+            bundle=os.fspath(bundle),
+            rootfs=[
+                mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=m.options)
+                for m in rootfs
+            ],
+            terminal=stdio.terminal,
+            stdin=stdio.stdin,
+            stdout=stdio.stdout,
+            stderr=stdio.stderr,
+        )
+        if options is not None:
+            request.options.CopyFrom(any_pb2.Any(type_url=options.type_url, value=options.value))
+        return (await self._call(self._stub.Create, request)).pid
+
+    async def start(self, exec_id: str = "") -> int:
+        """Start the init process or an exec process; returns its pid."""
+        return (await self._call(self._stub.Start, pb.StartRequest(id=self.id, exec_id=exec_id))).pid
+
+    async def delete(self, exec_id: str = "") -> ExitInfo:
+        """Delete a created or stopped process; returns how it ended."""
+        r = await self._call(self._stub.Delete, pb.DeleteRequest(id=self.id, exec_id=exec_id))
+        return ExitInfo(r.pid, r.exit_status, _ns(r.exited_at))
+
+    async def exec(self, exec_id: str, stdio: Stdio, spec: bytes) -> None:
+        """Add an exec process; ``spec`` is the OCI process JSON. Start runs it."""
+        request = pb.ExecRequest(
+            id=self.id,
+            exec_id=exec_id,
+            terminal=stdio.terminal,
+            stdin=stdio.stdin,
+            stdout=stdio.stdout,
+            stderr=stdio.stderr,
+            spec=any_pb2.Any(type_url=PROCESS_SPEC_URL, value=spec),
+        )
+        await self._call(self._stub.Exec, request)
+
+    async def kill(self, signal: int, *, exec_id: str = "", all: bool = False) -> None:
+        """Send ``signal`` to a process (``all``: every process of the container)."""
+        await self._call(self._stub.Kill, pb.KillRequest(id=self.id, exec_id=exec_id, signal=signal, all=all))
+
+    async def pids(self) -> list[ProcessEntry]:
+        """The container's processes, exec processes tagged with their exec id."""
+        r = await self._call(self._stub.Pids, pb.PidsRequest(id=self.id))
+        entries = []
+        for p in r.processes:
+            exec_id = ""
+            if p.info.type_url.endswith("containerd.runc.v1.ProcessDetails"):
+                details = oci_pb2.ProcessDetails()
+                details.ParseFromString(p.info.value)
+                exec_id = details.exec_id
+            entries.append(ProcessEntry(p.pid, exec_id))
+        return entries
+
+    async def pause(self) -> None:
+        """Freeze the container."""
+        await self._call(self._stub.Pause, pb.PauseRequest(id=self.id))
+
+    async def resume(self) -> None:
+        """Thaw the container."""
+        await self._call(self._stub.Resume, pb.ResumeRequest(id=self.id))
+
+    async def close_io(self, exec_id: str = "") -> None:
+        """Close a process's stdin once what was written to it is delivered."""
+        await self._call(self._stub.CloseIO, pb.CloseIORequest(id=self.id, exec_id=exec_id, stdin=True))
+
+    async def resize_pty(self, width: int, height: int, exec_id: str = "") -> None:
+        """Set a process's terminal size."""
+        request = pb.ResizePtyRequest(id=self.id, exec_id=exec_id, width=width, height=height)
+        await self._call(self._stub.ResizePty, request)
+
+    async def update(self, resources: bytes, annotations: Mapping[str, str] | None = None) -> None:
+        """Change resource limits; ``resources`` is OCI LinuxResources JSON."""
+        request = pb.UpdateRequest(
+            id=self.id,
+            resources=any_pb2.Any(type_url=RESOURCES_URL, value=resources),
+            annotations=dict(annotations or {}),
+        )
+        await self._call(self._stub.Update, request)
+
+    async def wait(self, exec_id: str = "") -> ExitInfo:
+        """Wait (without a deadline) until the process exits; returns its exit (pid left 0)."""
+        r = await self._call(self._stub.Wait, pb.WaitRequest(id=self.id, exec_id=exec_id), None)
+        return ExitInfo(0, r.exit_status, _ns(r.exited_at))
+
+    async def stats(self) -> RawAny:
+        """The container's cgroup metrics (io.containerd.cgroups.v1.Metrics or v2)."""
+        r = await self._call(self._stub.Stats, pb.StatsRequest(id=self.id))
+        return RawAny(r.stats.type_url, r.stats.value)
+
+    async def state(self, exec_id: str = "") -> ProcessState:
+        """Describe one process."""
+        r = await self._call(self._stub.State, pb.StateRequest(id=self.id, exec_id=exec_id))
+        return ProcessState(
+            id=r.id,
+            exec_id=r.exec_id,
+            bundle=r.bundle,
+            pid=r.pid,
+            status=int(r.status),
+            stdio=Stdio(r.stdin, r.stdout, r.stderr, r.terminal),
+            exit_status=r.exit_status,
+            exited_at_ns=_ns(r.exited_at) if r.HasField("exited_at") else 0,
+        )
+
+    async def shutdown(self, *, now: bool = False) -> None:
+        """Ask the shim to exit (it does once its task is deleted, or at once with ``now``)."""
+        try:
+            await self._call(self._stub.Shutdown, pb.ShutdownRequest(id=self.id, now=now))
+        except Unavailable:
+            pass  # it went away before answering: that is what was asked

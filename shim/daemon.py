@@ -1,0 +1,150 @@
+"""Turning the current process into a detached shim, by forking.
+
+:func:`fork_shim` forks twice: the first child calls ``setsid`` and forks the shim, then exits
+at once, so the shim is in its own session, is nobody's child (it is re-parented to init or the
+nearest subreaper) and survives whatever started it being SIGKILLed. The shim then holds no
+descriptor of its starter: 0 and 1 are /dev/null, 2 is ``<bundle>/shim.log``, and everything
+else is closed except the reply descriptor. On the reply descriptor the shim writes one JSON
+line, ``{"address": ..., "pid": ...}`` once it serves or ``{"error": ...}``, and closes it.
+
+Both ways of starting a shim use this: ``ctrpy-shim start`` (reply through a pipe, then print
+the address) and the template process (reply straight to the requester's connection). Forking
+from a process that has already imported grpc, and not yet initialised it, is what makes a shim
+cheap: the child shares the parent's pages, creates its own gRPC server and threads, and
+imports nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import files
+from .config import PROCESS_NAME, ShimConfig
+from .server import serve
+
+PR_SET_NAME = 15
+MAX_REPLY = 64 * 1024
+
+
+def set_process_name(name: bytes = PROCESS_NAME) -> None:
+    """Set this process's ``comm`` (what ps and /proc/PID/comm show)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def write_reply(fd: int, reply: dict[str, Any]) -> None:
+    """Write one JSON line to ``fd`` and close it (errors ignored: the reader may be gone)."""
+    try:
+        os.write(fd, (json.dumps(reply) + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def read_reply(fd: int) -> dict[str, Any]:
+    """Read a reply written by :func:`write_reply` (blocking until it is closed)."""
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+        if sum(map(len, chunks)) > MAX_REPLY:
+            break
+    text = b"".join(chunks).decode(errors="replace").strip()
+    if not text:
+        return {"error": "shim exited before it was ready"}
+    try:
+        reply = json.loads(text.splitlines()[0])
+    except ValueError:
+        return {"error": f"unreadable reply from shim: {text[:200]}"}
+    return reply if isinstance(reply, dict) else {"error": "malformed reply from shim"}
+
+
+def fork_shim(config: ShimConfig, reply_fd: int, *, inherited: Sequence[socket.socket] = ()) -> None:
+    """Fork a detached shim for ``config`` that reports on ``reply_fd``; returns at once.
+
+    ``inherited`` are socket objects of the caller that the shim must drop without closing
+    them for the caller. The caller still owns (and should close) its ``reply_fd``.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            code = _become_shim(config, reply_fd, inherited)
+        except BaseException as exc:  # anything must become a reply
+            write_reply(reply_fd, {"error": f"shim failed to start: {exc}"})
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
+
+
+def _become_shim(config: ShimConfig, reply_fd: int, inherited: Sequence[socket.socket]) -> int:
+    for sock in inherited:
+        sock.detach()  # closed below with everything else; the object must not close it later
+    if not os.path.isdir(config.bundle):
+        write_reply(reply_fd, {"error": f'bundle "{config.bundle}" does not exist'})
+        return 1
+    log_fd = os.open(
+        os.path.join(config.bundle, files.SHIM_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+    )
+    null_fd = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null_fd, 0)
+    os.dup2(null_fd, 1)
+    os.dup2(log_fd, 2)
+    keep = {0, 1, 2, reply_fd}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.chdir(config.bundle)
+    os.umask(0o022)
+    set_process_name()
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s ctrpy-shim: %(message)s"
+    )
+    replied = False
+
+    def report(reply: dict[str, Any]) -> None:
+        nonlocal replied
+        replied = True
+        write_reply(reply_fd, reply)
+
+    try:
+        asyncio.run(serve(config, report))
+    except BaseException as exc:
+        logging.getLogger("ctrpy.shim").exception("shim failed")
+        if not replied:
+            report({"error": str(exc) or type(exc).__name__})
+        return 1
+    return 0
+
+
+def start(config: ShimConfig) -> dict[str, Any]:
+    """``ctrpy-shim start``: fork the shim and wait for its reply (``address``/``pid`` or ``error``)."""
+    r, w = os.pipe()
+    try:
+        fork_shim(config, w)
+    finally:
+        os.close(w)
+    try:
+        return read_reply(r)
+    finally:
+        os.close(r)

@@ -1,0 +1,251 @@
+"""The shim's gRPC server: ``ctrpy.shim.v1.TaskService`` on the shim's own unix socket.
+
+The servicer is thin: it converts requests, calls :class:`~ctrpy.shim.task.Task`, converts the
+answer, and turns ctrpy.errors kinds into gRPC status codes. :func:`serve` is the shim's life:
+reaper, publisher, task, server; write ``address`` and ``shim.pid``; report readiness; serve
+until Shutdown; drain events; remove the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import functools
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+
+from ctrpy import mount as mounts
+from ctrpy.api.containerd.types.runc.options import oci_pb2
+from ctrpy.api.containerd.types.task import task_pb2 as task_types
+from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
+from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
+from ctrpy.errors import AlreadyExists, CtrpyError
+
+from . import files
+from .config import ShimConfig
+from .events import Publisher, pack, timestamp
+from .metrics import to_metrics
+from .process import Process
+from .reaper import Reaper
+from .runc import RuntimeConfig
+from .states import State
+from .stdio import StdioPaths
+from .task import Task
+
+log = logging.getLogger("ctrpy.shim")
+
+VERSION = "ctrpy-shim 0.1.0"
+RUNC_OPTIONS = "containerd.runc.v1.Options"
+PROCESS_DETAILS = "containerd.runc.v1.ProcessDetails"
+SHUTDOWN_GRACE = 2.0
+EVENT_FLUSH_TIMEOUT = 10.0
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
+
+
+def _errors(fn: Handler[R]) -> Handler[R]:
+    """Turn ctrpy.errors kinds (and OSErrors) raised by a handler into gRPC statuses."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await fn(self, request, context)
+        except CtrpyError as exc:
+            await context.abort(exc.code, exc.message)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    return wrapper
+
+
+def runtime_config(config: ShimConfig, options: any_pb2.Any) -> RuntimeConfig:
+    """The runtime to use: the shim's defaults, overridden by containerd.runc.v1.Options."""
+    log_path = os.path.join(config.bundle, files.RUNC_LOG)
+    runtime = RuntimeConfig(config.runtime_binary, config.runtime_root, log_path)
+    if not options.type_url.endswith(RUNC_OPTIONS):
+        return runtime
+    opts = oci_pb2.Options()
+    opts.ParseFromString(options.value)
+    return RuntimeConfig(
+        binary=opts.binary_name or runtime.binary,
+        root=os.path.join(opts.root, config.namespace) if opts.root else runtime.root,
+        log=log_path,
+        systemd_cgroup=opts.systemd_cgroup,
+        no_pivot_root=opts.no_pivot_root,
+        no_new_keyring=opts.no_new_keyring,
+    )
+
+
+def _state(proc: Process, bundle: str) -> pb.StateResponse:
+    response = pb.StateResponse(
+        id=proc.container_id,
+        exec_id=proc.exec_id,
+        bundle=bundle,
+        pid=proc.pid,
+        status=proc.state.value if proc.state is not State.DELETED else task_types.STOPPED,
+        stdin=proc.stdio.stdin,
+        stdout=proc.stdio.stdout,
+        stderr=proc.stdio.stderr,
+        terminal=proc.stdio.terminal,
+    )
+    if proc.exit is not None:
+        response.exit_status = proc.exit.exit_status
+        response.exited_at.CopyFrom(timestamp(proc.exit.exited_at_ns))
+    return response
+
+
+class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
+    """ctrpy.shim.v1.TaskService over one :class:`Task`."""
+
+    def __init__(self, task: Task, shutdown: asyncio.Event) -> None:
+        self.task = task
+        self.shutdown = shutdown
+
+    @_errors
+    async def State(self, request: pb.StateRequest, context: Any) -> pb.StateResponse:
+        return _state(self.task.process(request.id, request.exec_id), self.task.config.bundle)
+
+    @_errors
+    async def Create(self, request: pb.CreateRequest, context: Any) -> pb.CreateResponse:
+        if request.bundle and os.path.realpath(request.bundle) != os.path.realpath(self.task.config.bundle):
+            raise CtrpyError(f'bundle "{request.bundle}" is not this shim\'s bundle')
+        rootfs = [mounts.Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
+        stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
+        runtime = runtime_config(self.task.config, request.options)
+        pid = await self.task.create(request.id, rootfs, stdio, runtime)
+        return pb.CreateResponse(pid=pid)
+
+    @_errors
+    async def Start(self, request: pb.StartRequest, context: Any) -> pb.StartResponse:
+        return pb.StartResponse(pid=await self.task.start(request.id, request.exec_id))
+
+    @_errors
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        info = await self.task.delete(request.id, request.exec_id)
+        response = pb.DeleteResponse(pid=info.pid, exit_status=info.exit_status)
+        if info.exited_at_ns:
+            response.exited_at.CopyFrom(timestamp(info.exited_at_ns))
+        return response
+
+    @_errors
+    async def Pids(self, request: pb.PidsRequest, context: Any) -> pb.PidsResponse:
+        response = pb.PidsResponse()
+        for pid, exec_id in await self.task.pids(request.id):
+            info = response.processes.add(pid=pid)
+            if exec_id:
+                info.info.CopyFrom(pack(oci_pb2.ProcessDetails(exec_id=exec_id)))
+        return response
+
+    @_errors
+    async def Pause(self, request: pb.PauseRequest, context: Any) -> pb.PauseResponse:
+        await self.task.pause(request.id)
+        return pb.PauseResponse()
+
+    @_errors
+    async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
+        await self.task.resume(request.id)
+        return pb.ResumeResponse()
+
+    @_errors
+    async def Kill(self, request: pb.KillRequest, context: Any) -> pb.KillResponse:
+        await self.task.kill(request.id, request.exec_id, request.signal, request.all)
+        return pb.KillResponse()
+
+    @_errors
+    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
+        await self.task.exec(request.id, request.exec_id, stdio, request.spec.value)
+        return pb.ExecResponse()
+
+    @_errors
+    async def ResizePty(self, request: pb.ResizePtyRequest, context: Any) -> pb.ResizePtyResponse:
+        self.task.resize(request.id, request.exec_id, request.width, request.height)
+        return pb.ResizePtyResponse()
+
+    @_errors
+    async def CloseIO(self, request: pb.CloseIORequest, context: Any) -> pb.CloseIOResponse:
+        if request.stdin:
+            self.task.close_io(request.id, request.exec_id)
+        return pb.CloseIOResponse()
+
+    @_errors
+    async def Update(self, request: pb.UpdateRequest, context: Any) -> pb.UpdateResponse:
+        await self.task.update(request.id, request.resources.value)
+        return pb.UpdateResponse()
+
+    @_errors
+    async def Wait(self, request: pb.WaitRequest, context: Any) -> pb.WaitResponse:
+        info = await self.task.wait(request.id, request.exec_id)
+        return pb.WaitResponse(exit_status=info.exit_status, exited_at=timestamp(info.exited_at_ns))
+
+    @_errors
+    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+        return pb.StatsResponse(stats=to_metrics(await self.task.stats(request.id)))
+
+    @_errors
+    async def Connect(self, request: pb.ConnectRequest, context: Any) -> pb.ConnectResponse:
+        init = self.task.init
+        return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=init.pid if init else 0, version=VERSION)
+
+    @_errors
+    async def Shutdown(self, request: pb.ShutdownRequest, context: Any) -> pb.ShutdownResponse:
+        if request.now or self.task.deleted:
+            self.shutdown.set()
+        return pb.ShutdownResponse()
+
+
+def claim_socket(path: str) -> None:
+    """Make ``path`` bindable: refuse when a server answers there, remove a stale socket file."""
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK):
+            raise
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise AlreadyExists(f'shim socket "{path}" is in use')
+
+
+async def serve(config: ShimConfig, report: Callable[[dict[str, Any]], None]) -> None:
+    """Run the shim until Shutdown. ``report`` gets ``{"address", "pid"}`` once it serves."""
+    loop = asyncio.get_running_loop()
+    reaper = Reaper()
+    reaper.install(loop)
+    publisher = Publisher(config.address, config.namespace)
+    task = Task(config, reaper, publisher)
+    shutdown = asyncio.Event()
+    server = grpc.aio.server()
+    shim_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(task, shutdown), server)
+    claim_socket(config.socket_path)
+    server.add_insecure_port(f"unix:{config.socket_path}")
+    await server.start()
+    try:
+        files.write_atomic(os.path.join(config.bundle, files.ADDRESS), config.grpc_address)
+        files.write_atomic(os.path.join(config.bundle, files.SHIM_PID), str(os.getpid()))
+        report({"address": config.grpc_address, "pid": os.getpid()})
+        await shutdown.wait()
+        await server.stop(SHUTDOWN_GRACE)
+        if not await publisher.flush(EVENT_FLUSH_TIMEOUT):
+            log.error("exiting with unpublished events")
+    finally:
+        await server.stop(None)
+        await task.close()
+        await publisher.close()
+        reaper.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config.socket_path)

@@ -1,0 +1,51 @@
+"""Twenty tasks in a row leave nothing behind."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ctrpy.mount import mountpoints_under
+from tests.shim.conftest import aio
+from tests.shim.harness import NAMESPACE, Env, cgroup_dirs, is_shim
+
+RUNS = 20
+
+
+def zombie_children() -> list[int]:
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] == "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def shim_pids() -> set[int]:
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and is_shim(int(p.name))}
+
+
+@aio
+async def test_twenty_runs_leave_nothing_behind(make_env: Callable[..., Env]) -> None:
+    async with make_env() as env:
+        shims_before = shim_pids()
+        # One run first, so that lazily created gRPC/asyncio descriptors exist before counting.
+        assert await env.run_and_remove("warmup", ["true"]) == 0
+        fds_before = sorted(os.listdir("/proc/self/fd"))
+        for i in range(RUNS):
+            assert await env.run_and_remove(f"run{i}", ["sh", "-c", f"echo {i}; exit {i % 3}"]) == i % 3
+        assert sorted(os.listdir("/proc/self/fd")) == fds_before
+        assert mountpoints_under(env.state) == []
+        assert zombie_children() == []
+        assert not any((env.state / "tasks" / NAMESPACE).iterdir())
+        assert not env.runtime_root.exists() or not any(env.runtime_root.iterdir())
+        assert all(not any(p.is_dir() for p in d.iterdir()) for d in cgroup_dirs(env.cgroup_parent))
+        assert shim_pids() - shims_before == set()
+        assert sorted(p.name for p in (env.state / "s").iterdir()) == ["template"]
