@@ -19,6 +19,12 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     [snapshotter]
     default = "overlayfs"            # the snapshotter used when a client names none
 
+    [shim]
+    template = true                  # fork shims from a pre-imported template process
+
+    [runtimes."io.containerd.runc.v2"]   # runtime name (from the container) -> OCI runtime binary
+    binary = "runc"
+
     [proxy_plugins.NAME]             # a snapshotter served by another process, as containerd's
     type = "snapshot"
     address = "/run/other/snapshotter.sock"
@@ -36,6 +42,12 @@ from ctrpy.errors import InvalidArgument
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
+# containerd's runtime names for runc; a container names its runtime, this says which binary.
+DEFAULT_RUNTIMES = {
+    "io.containerd.runc.v2": "runc",
+    "io.containerd.runc.v1": "runc",
+    "io.containerd.runtime.v1.linux": "runc",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,8 @@ class Config:
     log_format: str = "console"
     default_snapshotter: str = "overlayfs"
     proxy_plugins: dict[str, ProxyPlugin] = field(default_factory=dict)
+    shim_template: bool = True
+    runtimes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RUNTIMES))
 
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
@@ -76,7 +90,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"config: {exc}") from None
     values: dict[str, Any] = {}
-    known = {"version", "root", "state", "grpc", "log", "snapshotter", "proxy_plugins"}
+    known = {"version", "root", "state", "grpc", "log", "snapshotter", "proxy_plugins", "shim", "runtimes"}
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
     if "version" in data and _expect(data, "version", int, "") != 1:
@@ -113,6 +127,17 @@ def parse(text: str, base: Config = Config()) -> Config:
         proxies[name] = ProxyPlugin(type="snapshot", address=str(table["address"]))
     if proxies:
         values["proxy_plugins"] = proxies
+    shim = data.get("shim", {})
+    if unknown := set(shim) - {"template"}:
+        raise InvalidArgument(f"config: unknown keys in [shim]: {sorted(unknown)}")
+    if "template" in shim:
+        values["shim_template"] = _expect(shim, "template", bool, "shim.")
+    runtimes = dict(base.runtimes)
+    for name, table in data.get("runtimes", {}).items():
+        if not isinstance(table, dict) or set(table) != {"binary"} or not isinstance(table["binary"], str):
+            raise InvalidArgument(f'config: [runtimes."{name}"] needs exactly binary = "<path or name>"')
+        runtimes[name] = table["binary"]
+    values["runtimes"] = runtimes
     return validate(dataclasses.replace(base, **values))
 
 
@@ -155,6 +180,9 @@ def render(config: Config) -> str:
         "[snapshotter]",
         f"default = {q(config.default_snapshotter)}",
     ]
+    lines += ["", "[shim]", f"template = {'true' if config.shim_template else 'false'}"]
+    for name, binary in sorted(config.runtimes.items()):
+        lines += ["", f"[runtimes.{q(name)}]", f"binary = {q(binary)}"]
     for name, plugin in sorted(config.proxy_plugins.items()):
         lines += ["", f"[proxy_plugins.{name}]", f"type = {q(plugin.type)}", f"address = {q(plugin.address)}"]
     return "\n".join(lines) + "\n"

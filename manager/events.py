@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,6 +73,9 @@ class Exchange:
 
     def __init__(self) -> None:
         self._subscribers: set[_Subscriber] = set()
+        # In-process listeners (the task manager watches /tasks/exit from shims); called on
+        # the event loop for every envelope, before subscribers; they must not block.
+        self.observers: list[Callable[[Envelope], None]] = []
 
     def publish(self, namespace: str, topic: str, event: Message) -> None:
         """Publish ``event`` under ``topic`` in ``namespace``; never blocks."""
@@ -88,6 +91,8 @@ class Exchange:
     def forward(self, envelope: Envelope) -> None:
         """Deliver an already-built envelope (the Forward RPC, shims' events)."""
         log.debug("event", topic=envelope.topic, ns=envelope.namespace, type=envelope.event.type_url)
+        for observe in self.observers:
+            observe(envelope)
         for subscriber in self._subscribers:
             if subscriber.missed or not subscriber.match.match(_adaptor(envelope)):
                 if subscriber.missed:

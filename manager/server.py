@@ -35,9 +35,10 @@ from ctrpy.api.containerd.services.introspection.v1 import introspection_pb2, in
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
 from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
-from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2
+from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from ctrpy.api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from ctrpy.errors import CtrpyError, Unavailable
+from ctrpy.images.platforms import host_arch
 from ctrpy.snapshotter.base import Snapshotter
 from ctrpy.snapshotter.native import NativeSnapshotter
 from ctrpy.snapshotter.overlay import OverlaySnapshotter
@@ -55,17 +56,20 @@ from .metadata.namespaces import NamespaceStore
 from .metadata.server_info import server_uuid
 from .metadata.snapshots import NAMESPACE_OWNER as SNAPSHOTS_OWNER
 from .metadata.snapshots import SnapshotStore
+from .runtime import ShimLauncher
 from .services.containers import ContainersServicer
 from .services.content import ContentServicer
 from .services.diff import DiffServicer
-from .services.edge import EdgeInterceptor, unimplemented_service
+from .services.edge import EdgeInterceptor
 from .services.events import EventsServicer
 from .services.images import ImagesServicer
 from .services.introspection import IntrospectionServicer, Plugin
 from .services.leases import LeasesServicer
 from .services.namespaces import NamespacesServicer
 from .services.snapshots import SnapshotsServicer
+from .services.tasks import TasksServicer
 from .services.version import VersionServicer
+from .tasks.manager import TaskManager
 
 log = structlog.get_logger(__name__)
 
@@ -74,12 +78,6 @@ MAX_MESSAGE = 16 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
 GRPC_PLUGIN = "io.containerd.grpc.v1"
 SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
-
-# API services registered but not served yet: their methods answer UNIMPLEMENTED.
-NOT_YET = {
-    "tasks": tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
-}
-
 
 class Services:
     """What ctrpyd serves: each gRPC service with the plugin entry that introspection reports."""
@@ -106,10 +104,6 @@ class Services:
         """Report a non-gRPC piece (a store, a snapshotter) in introspection."""
         self.plugins.append(plugin)
 
-    def add_unimplemented(self, plugin_id: str, service: pb_descriptor.ServiceDescriptor) -> None:
-        self.server.add_generic_rpc_handlers((unimplemented_service(service, f"the {plugin_id} service"),))
-        self.names.append(service.full_name)
-        self.plugins.append(Plugin(GRPC_PLUGIN, plugin_id, init_error="skip plugin: not implemented yet"))
 
 
 @contextlib.contextmanager
@@ -215,7 +209,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add("namespaces", NamespacesServicer(db, namespace_store, exchange),
                      namespace_pb2_grpc.add_NamespacesServicer_to_server,
                      namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"])
-        services.add("containers", ContainersServicer(db, ContainerStore(db), exchange),
+        container_store = ContainerStore(db)
+        services.add("containers", ContainersServicer(db, container_store, exchange),
                      containers_pb2_grpc.add_ContainersServicer_to_server,
                      containers_pb2.DESCRIPTOR.services_by_name["Containers"])
         services.add("images", ImagesServicer(db, ImageStore(db), exchange),
@@ -241,8 +236,17 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
                      snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
                      requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
-        for plugin_id, descriptor in NOT_YET.items():
-            services.add_unimplemented(plugin_id, descriptor)
+        services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", host_arch()),),
+                                   exports={"state": str(config.state / "tasks")}))
+        launcher = ShimLauncher(config.state, str(config.address), use_template=config.shim_template)
+        await launcher.start()
+        stack.push_async_callback(launcher.close)
+        task_manager = TaskManager(config.state, launcher, exchange, dict(config.runtimes))
+        await task_manager.recover()
+        stack.push_async_callback(task_manager.close)
+        services.add("tasks", TasksServicer(db, container_store, task_manager),
+                     tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
+                     requires=("io.containerd.runtime.v2", "io.containerd.metadata.v1"))
         # Introspection last: it reports everything added above, itself and health included.
         introspection = IntrospectionServicer([], uuid)
         services.add("introspection", introspection, introspection_pb2_grpc.add_IntrospectionServicer_to_server,

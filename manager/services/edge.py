@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
-from google.protobuf import descriptor as pb_descriptor
 
 from ctrpy import identifiers, namespaces
 from ctrpy.errors import CtrpyError
@@ -111,33 +110,3 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             _wrap_streaming(method, cast(Callable[..., AsyncIterator[Any]], handler.stream_stream)), **kwargs
         )
-
-
-def unimplemented_service(service: pb_descriptor.ServiceDescriptor, reason: str) -> grpc.GenericRpcHandler:
-    """A handler answering every method of ``service`` with UNIMPLEMENTED and ``reason``.
-
-    Used for the API services whose issue has not landed yet: clients get a clear message rather
-    than grpc's bare "Method not found".
-    """
-
-    def make(method: pb_descriptor.MethodDescriptor) -> Handler:
-        message = f"{service.name}.{method.name}: {reason}: not implemented"
-
-        async def fail(request: Any, context: Context) -> Any:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-
-        async def fail_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-            yield  # pragma: no cover - makes this an async generator
-
-        if method.client_streaming and method.server_streaming:
-            return grpc.stream_stream_rpc_method_handler(fail_stream)
-        if method.client_streaming:
-            return grpc.stream_unary_rpc_method_handler(fail)
-        if method.server_streaming:
-            return grpc.unary_stream_rpc_method_handler(fail_stream)
-        return grpc.unary_unary_rpc_method_handler(fail)
-
-    return grpc.method_handlers_generic_handler(
-        service.full_name, {method.name: make(method) for method in service.methods}
-    )

@@ -1,0 +1,336 @@
+"""The task manager: which task runs in which shim, and what happens when a shim goes away.
+
+A task is keyed by (namespace, container id). Its shim is the source of truth for process
+state; ctrpyd keeps only the client, the bundle, and a watch on the shim's pid (a pidfd on the
+event loop). Three ways a task ends:
+
+- Delete: the shim runs ``runc delete``, unmounts, answers with the exit status and publishes
+  /tasks/delete; ctrpyd then shuts the shim down and removes the bundle.
+- The shim dies (SIGKILL, crash): the pidfd fires, ctrpyd runs ``ctrpy-shim delete`` on the
+  bundle (status from the bundle's ``exit`` file, else 255), publishes /tasks/exit unless the
+  shim had already reported it, and keeps a *tombstone* so that Get says STOPPED and Delete
+  works, as for any stopped task.
+- ctrpyd restarts: :meth:`recover` reconnects to every live shim by its bundle's address and
+  treats dead ones as above.
+
+The shims themselves publish the task events (create, start, exit, delete, exec, pause, oom)
+to ctrpyd's Events service, in order; ctrpyd publishes only what no shim can: the exit of a
+shim that died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from google.protobuf import timestamp_pb2
+
+from ctrpy import identifiers, namespaces
+from ctrpy.api.containerd.events import task_pb2 as task_events
+from ctrpy.api.containerd.types.runc.options import oci_pb2
+from ctrpy.errors import AlreadyExists, CtrpyError, InvalidArgument, NotFound, Unavailable
+from ctrpy.mount import Mount
+from ctrpy.records import AnyValue, Container
+from ctrpy.shim.files import ExitInfo
+
+from ..events import Envelope, Exchange
+from ..runtime import Bundle, ShimClient, ShimLauncher, Stdio, recover
+from ..runtime.client import RawAny
+
+log = structlog.get_logger(__name__)
+
+SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+
+
+@dataclass
+class Task:
+    """One task: a live shim (``client``), or a tombstone (``dead``) after its shim died."""
+
+    namespace: str
+    id: str
+    bundle: Bundle
+    client: ShimClient | None
+    stdio: Stdio = field(default_factory=Stdio)
+    pid: int = 0
+    dead: ExitInfo | None = None
+    exit_reported: bool = False
+    pidfd: int | None = None
+    buried: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _spec_bytes(container: Container) -> bytes:
+    """The container's OCI spec, checked enough that runc is not handed nonsense."""
+    if container.spec is None:
+        raise InvalidArgument(f'container "{container.id}" has no spec')
+    try:
+        spec = json.loads(container.spec.value)
+    except ValueError as exc:
+        raise InvalidArgument(f'container "{container.id}": spec is not JSON: {exc}') from None
+    if not isinstance(spec, dict):
+        raise InvalidArgument(f'container "{container.id}": spec is not a JSON object')
+    root = spec.get("root")
+    if not isinstance(root, dict) or not isinstance(root.get("path"), str) or not root["path"]:
+        raise InvalidArgument(f'container "{container.id}": spec has no root.path')
+    if not isinstance(spec.get("process"), dict):
+        raise InvalidArgument(f'container "{container.id}": spec has no process')
+    return container.spec.value
+
+
+class TaskManager:
+    """All tasks of one ctrpyd. Every method runs on the event loop."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        launcher: ShimLauncher,
+        exchange: Exchange,
+        runtimes: dict[str, str],
+    ) -> None:
+        self.state_dir = state_dir
+        self.launcher = launcher
+        self.exchange = exchange
+        self.runtimes = runtimes
+        self._tasks: dict[tuple[str, str], Task] = {}
+        self._creating: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        exchange.observers.append(self._observe)
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def get(self, container_id: str) -> Task:
+        """The task of ``container_id`` in the call's namespace; NotFound when there is none."""
+        key = (namespaces.require(), identifiers.validate(container_id))
+        task = self._tasks.get(key)
+        if task is None:
+            raise NotFound(f"no running task found: task {container_id}")
+        return task
+
+    def live(self, container_id: str) -> tuple[Task, ShimClient]:
+        """The task and its shim client; a task whose shim died has finished."""
+        task = self.get(container_id)
+        if task.client is None:
+            raise NotFound(f"process already finished: task {container_id}")
+        return task, task.client
+
+    def list(self) -> list[Task]:
+        namespace = namespaces.require()
+        return [task for (ns, _), task in sorted(self._tasks.items()) if ns == namespace]
+
+    # --- creation -------------------------------------------------------------------------
+
+    def runtime_binary(self, container: Container, options: RawAny | None) -> str:
+        """The runtime binary: the options' ``binary_name``, else the runtime name's binary."""
+        if options is not None and options.type_url.endswith(RUNC_OPTIONS_URL):
+            parsed = oci_pb2.Options.FromString(options.value)
+            if parsed.binary_name:
+                return parsed.binary_name
+        binary = self.runtimes.get(container.runtime.name)
+        if binary is None:
+            raise NotFound(f"runtime {container.runtime.name!r} is not configured")
+        return binary
+
+    async def create(
+        self,
+        container: Container,
+        rootfs: Sequence[Mount],
+        stdio: Stdio,
+        options: AnyValue | None,
+    ) -> Task:
+        """Write the bundle, start a shim, and create the task in it (``runc create``)."""
+        namespace = namespaces.require()
+        key = (namespace, container.id)
+        if key in self._tasks or key in self._creating:
+            raise AlreadyExists(f"task {container.id}")
+        self._creating.add(key)
+        try:
+            spec = _spec_bytes(container)
+            raw_options = None
+            chosen = options or container.runtime.options
+            if chosen is not None:
+                raw_options = RawAny(chosen.type_url, chosen.value)
+            binary = self.runtime_binary(container, raw_options)
+            bundle = await asyncio.to_thread(Bundle.create, self.state_dir, namespace, container.id, spec)
+            client: ShimClient | None = None
+            try:
+                client = await self.launcher.start_shim(bundle, runtime_binary=binary)
+                pid = await client.create(bundle.path, list(rootfs), stdio, raw_options)
+            except BaseException:
+                await self._discard(bundle, client)
+                raise
+            task = Task(namespace, container.id, bundle, client, stdio=stdio, pid=pid)
+            self._tasks[key] = task
+            self._watch(task)
+            return task
+        finally:
+            self._creating.discard(key)
+
+    async def _discard(self, bundle: Bundle, client: ShimClient | None) -> None:
+        """Undo a failed create: stop the shim, clean the bundle (mounts included)."""
+        if client is not None:
+            with contextlib.suppress(CtrpyError):
+                await client.shutdown(now=True)
+            await client.close()
+        try:
+            await self.launcher.delete_shim(bundle)
+        except CtrpyError as exc:
+            log.error("cleaning up a failed create", id=bundle.id, error=exc.message)
+
+    async def wait(self, container_id: str, exec_id: str = "") -> ExitInfo:
+        """Wait for a process to exit; a shim dying meanwhile ends the wait with its exit."""
+        task = self.get(container_id)
+        if task.client is not None:
+            try:
+                return await task.client.wait(exec_id)
+            except Unavailable:
+                if exec_id:
+                    raise
+        await task.buried.wait()
+        assert task.dead is not None
+        return task.dead
+
+    # --- deletion -------------------------------------------------------------------------
+
+    async def delete(self, container_id: str) -> ExitInfo:
+        """Delete a stopped task; its shim exits and its bundle goes."""
+        task = self.get(container_id)
+        if task.client is None:
+            assert task.dead is not None
+            self._forget(task)
+            self.exchange.publish(
+                task.namespace,
+                "/tasks/delete",
+                task_events.TaskDelete(
+                    container_id=task.id, pid=task.dead.pid, exit_status=task.dead.exit_status,
+                    exited_at=_timestamp(task.dead.exited_at_ns), id=task.id,
+                ),
+            )
+            return task.dead
+        info = await task.client.delete()
+        self._forget(task)
+        with contextlib.suppress(CtrpyError):
+            await task.client.shutdown()
+        await task.client.close()
+        await asyncio.to_thread(_remove_bundle, task.bundle)
+        return info
+
+    def _forget(self, task: Task) -> None:
+        self._tasks.pop((task.namespace, task.id), None)
+        if task.pidfd is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(task.pidfd)
+                os.close(task.pidfd)
+            task.pidfd = None
+
+    # --- shim deaths ----------------------------------------------------------------------
+
+    def _watch(self, task: Task) -> None:
+        pid = task.bundle.shim_pid()
+        if pid is None:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._spawn(self._shim_died(task))
+            return
+        task.pidfd = fd
+        asyncio.get_running_loop().add_reader(fd, lambda: self._spawn(self._shim_died(task)))
+
+    def _spawn(self, coroutine: object) -> None:
+        job = asyncio.ensure_future(coroutine)  # type: ignore[call-overload]
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _shim_died(self, task: Task) -> None:
+        if task.pidfd is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(task.pidfd)
+            os.close(task.pidfd)
+            task.pidfd = None
+        if self._tasks.get((task.namespace, task.id)) is not task or task.client is None:
+            return  # deleted on purpose, or already handled
+        log.warning("shim died", ns=task.namespace, id=task.id)
+        client, task.client = task.client, None
+        await client.close()
+        try:
+            info = await self.launcher.delete_shim(task.bundle)
+        except CtrpyError as exc:
+            log.error("cleaning up after a dead shim failed", id=task.id, error=exc.message)
+            info = ExitInfo(0, 255, time.time_ns())
+        self._bury(task, info)
+
+    def _bury(self, task: Task, info: ExitInfo) -> None:
+        """Keep a tombstone for a task whose shim is gone, and report its exit once."""
+        task.dead = info
+        task.buried.set()
+        if not task.exit_reported:
+            task.exit_reported = True
+            self.exchange.publish(
+                task.namespace,
+                "/tasks/exit",
+                task_events.TaskExit(
+                    container_id=task.id, id=task.id, pid=info.pid, exit_status=info.exit_status,
+                    exited_at=_timestamp(info.exited_at_ns),
+                ),
+            )
+
+    def _observe(self, envelope: Envelope) -> None:
+        if envelope.topic != "/tasks/exit" or not envelope.event.type_url.endswith("TaskExit"):
+            return
+        event = task_events.TaskExit.FromString(envelope.event.value)
+        task = self._tasks.get((envelope.namespace, event.container_id))
+        if task is not None and event.id in ("", event.container_id):
+            task.exit_reported = True
+
+    # --- restart --------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Find the shims of tasks created before this ctrpyd started."""
+        binary = self.runtimes.get("io.containerd.runc.v2", "runc")
+        for found in await recover(self.state_dir, runtime_binary=binary):
+            key = (found.bundle.namespace, found.bundle.id)
+            if found.client is not None:
+                state = await found.client.state()
+                task = Task(key[0], key[1], found.bundle, found.client, stdio=state.stdio, pid=state.pid)
+                self._tasks[key] = task
+                self._watch(task)
+                log.info("task recovered", ns=key[0], id=key[1], pid=state.pid)
+            elif found.exit is not None:
+                task = Task(key[0], key[1], found.bundle, None)
+                self._tasks[key] = task
+                self._bury(task, found.exit)
+                log.info("task's shim was gone", ns=key[0], id=key[1], exit_status=found.exit.exit_status)
+            else:
+                log.error("task left behind", ns=key[0], id=key[1], error=found.error)
+
+    async def close(self) -> None:
+        """Stop watching and close the clients; the shims and their containers keep running."""
+        for task in list(self._tasks.values()):
+            if task.pidfd is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    asyncio.get_running_loop().remove_reader(task.pidfd)
+                    os.close(task.pidfd)
+                task.pidfd = None
+            if task.client is not None:
+                await task.client.close()
+        for job in list(self._background):
+            job.cancel()
+
+    def keys(self) -> Iterable[tuple[str, str]]:
+        return self._tasks.keys()
+
+
+def _remove_bundle(bundle: Bundle) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        bundle.remove()
+
+
+def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
