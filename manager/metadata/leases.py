@@ -133,12 +133,7 @@ class LeaseStore:
         validate_lease_id(lease_id)
         validate_resource(resource)
         with self.db.transaction() as conn:
-            self._require(conn, namespace, lease_id)
-            conn.execute(
-                "INSERT OR IGNORE INTO lease_resources (namespace, lease_id, type, resource_id)"
-                " VALUES (?, ?, ?, ?)",
-                (namespace, lease_id, resource.type, resource.id),
-            )
+            attach(conn, namespace, lease_id, resource)
 
     def delete_resource(self, lease_id: str, resource: LeaseResource) -> None:
         namespace = current_namespace()
