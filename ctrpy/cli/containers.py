@@ -1,4 +1,10 @@
-"""``ctrpy containers ls|info|label|rm``."""
+"""``ctrpy containers create|ls|info|label|rm``.
+
+``create`` is the first half of ``run`` (the same flags, no task); ``rm`` deletes a container
+whose task is stopped or only created (deleting that task first), and refuses one whose task
+runs, as ``ctr containers rm`` does; the root filesystem snapshot goes too unless
+``--keep-snapshot``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,16 @@ import sys
 
 from google.protobuf import any_pb2, field_mask_pb2, json_format
 
+from ctrpy import errors
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2 as api
+from ctrpy.api.containerd.types.task import task_pb2
 from ctrpy.client import Client
+from ctrpy.oci import create_container, delete_container, get_container
 
 from . import output
 from .common import parse_labels, verb, verbs
+from .process import delete_task, get_process, status_name, warn
+from .run import add_container_flags, container_config
 
 
 def ls(client: Client, args: argparse.Namespace) -> int:
@@ -77,13 +88,39 @@ def label(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def create(client: Client, args: argparse.Namespace) -> int:
+    container = create_container(client, container_config(args))
+    if args.format == "json":
+        output.emit_json(container_dict(container))
+    return 0
+
+
+def remove(client: Client, container_id: str, keep_snapshot: bool) -> None:
+    """Delete one container (and its stopped task); raises FailedPrecondition when it runs."""
+    container = get_container(client, container_id)
+    try:
+        process = get_process(client, container_id)
+    except errors.NotFound:
+        pass
+    else:
+        if process.status not in (task_pb2.STOPPED, task_pb2.CREATED):
+            raise errors.FailedPrecondition(
+                f"cannot delete a non stopped container: {status_name(process.status).lower()}")
+        if process.status == task_pb2.CREATED:
+            # A task that was never started: it has a process waiting in runc; kill it first.
+            delete_task(client, container_id, force=True)
+        else:
+            delete_task(client, container_id)
+    delete_container(client, container, keep_snapshot=keep_snapshot)
+
+
 def rm(client: Client, args: argparse.Namespace) -> int:
     status = 0
     for container_id in args.ids:
         try:
-            client.call(client.containers.Delete, api.DeleteContainerRequest(id=container_id))
-        except Exception as exc:
-            print(f"ctrpy: failed to delete container {container_id!r}: {exc}", file=sys.stderr)
+            remove(client, container_id, args.keep_snapshot)
+        except errors.CtrpyError as exc:
+            warn(f"failed to delete container {container_id!r}: {exc.message}")
             status = 1
     return status
 
@@ -97,4 +134,8 @@ def register(nouns: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser = verb(group, "label", "set or clear labels (KEY= clears)", label)
     parser.add_argument("id")
     parser.add_argument("labels", nargs="+", metavar="KEY=VALUE")
-    verb(group, "rm", "remove containers", rm, aliases=["remove", "delete", "del"]).add_argument("ids", nargs="+")
+    parser = verb(group, "create", "create a container from an image (no task)", create)
+    add_container_flags(parser, cpu_shares_default=None)
+    parser = verb(group, "rm", "remove containers and their snapshots", rm, aliases=["remove", "delete", "del"])
+    parser.add_argument("--keep-snapshot", action="store_true", help="do not remove the root filesystem snapshot")
+    parser.add_argument("ids", nargs="+")
