@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ctrpy.errors import InvalidArgument
+
 __all__ = [
     "Mount",
     "mount",
@@ -270,8 +272,22 @@ def mount(m: Mount, target: str) -> None:
         raise
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def _target_of(m: Mount, root: str) -> str:
-    return os.path.join(root, m.target.lstrip("/")) if m.target else root
+    """Where ``m`` goes below ``root``. A target is client input: one that leads outside the
+    root, by ``..`` or through a symlink already there, raises InvalidArgument."""
+    if not m.target:
+        return root
+    if "\0" in m.target:
+        raise InvalidArgument(f"mount target {m.target!r} contains NUL")
+    root = os.path.normpath(root)
+    where = os.path.normpath(os.path.join(root, m.target.lstrip("/")))
+    if not _inside(where, root) or not _inside(os.path.realpath(where), os.path.realpath(root)):
+        raise InvalidArgument(f"mount target {m.target!r} leads outside {root}")
+    return where
 
 
 def mount_all(mounts: Iterable[Mount], target: str | os.PathLike[str]) -> None:

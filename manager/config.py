@@ -19,6 +19,17 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     [snapshotter]
     default = "overlayfs"            # the snapshotter used when a client names none
 
+    [diff]                           # bounds on one layer being applied (0: no bound)
+    max_uncompressed_bytes = 34359738368   # 32 GiB once decompressed: stops decompression bombs
+    max_entries = 4000000            # tar entries
+
+    [gc]                             # when garbage is collected (containerd's gc scheduler)
+    pause_threshold = 0.02           # at most this share of time spent holding the metadata
+    deletion_threshold = 0           # collect at once after this many deletions (0: paced)
+    mutation_threshold = 100         # collect at the next pause interval after this many changes
+    schedule_delay = 1.0             # seconds from a change to the collection it calls for
+    startup_delay = 0.1              # seconds after start-up for the first collection (0: none)
+
     [shim]
     template = true                  # fork shims from a pre-imported template process
 
@@ -42,6 +53,9 @@ from ctrpy.errors import InvalidArgument
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
+# Bounds on one layer (Diff.Apply): far above real images, far below a decompression bomb.
+DEFAULT_MAX_LAYER_BYTES = 32 * 1024**3
+DEFAULT_MAX_LAYER_ENTRIES = 4_000_000
 # containerd's runtime names for runc; a container names its runtime, this says which binary.
 DEFAULT_RUNTIMES = {
     "io.containerd.runc.v2": "runc",
@@ -57,6 +71,43 @@ class ProxyPlugin:
 
 
 @dataclass(frozen=True)
+class GcConfig:
+    """When garbage is collected; see :mod:`ctrpy.manager.gc.scheduler`."""
+
+    pause_threshold: float = 0.02
+    deletion_threshold: int = 0
+    mutation_threshold: int = 100
+    schedule_delay: float = 1.0  # seconds
+    startup_delay: float = 0.1  # seconds
+
+
+_GC_KEYS: dict[str, type] = {
+    "pause_threshold": float,
+    "deletion_threshold": int,
+    "mutation_threshold": int,
+    "schedule_delay": float,
+    "startup_delay": float,
+}
+
+
+def _parse_gc(table: dict[str, Any], base: GcConfig) -> GcConfig:
+    if unknown := set(table) - set(_GC_KEYS):
+        raise InvalidArgument(f"config: unknown keys in [gc]: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, kind in _GC_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # a whole number of seconds is fine
+        value = _expect({key: value}, key, kind, "gc.")
+        if value < 0:
+            raise InvalidArgument(f"config: gc.{key} must not be negative")
+        values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+@dataclass(frozen=True)
 class Config:
     root: Path = Path("/var/lib/ctrpy")
     state: Path = Path("/run/ctrpy")
@@ -67,8 +118,12 @@ class Config:
     log_level: str = "info"
     log_format: str = "console"
     default_snapshotter: str = "overlayfs"
+    # 0 means no bound.
+    diff_max_uncompressed_bytes: int = DEFAULT_MAX_LAYER_BYTES
+    diff_max_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     proxy_plugins: dict[str, ProxyPlugin] = field(default_factory=dict)
     shim_template: bool = True
+    gc: GcConfig = field(default_factory=GcConfig)
     runtimes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RUNTIMES))
 
     def with_overrides(self, **overrides: Any) -> Config:
@@ -90,7 +145,9 @@ def parse(text: str, base: Config = Config()) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"config: {exc}") from None
     values: dict[str, Any] = {}
-    known = {"version", "root", "state", "grpc", "log", "snapshotter", "proxy_plugins", "shim", "runtimes"}
+    known = {
+        "version", "root", "state", "grpc", "log", "snapshotter", "diff", "proxy_plugins", "shim", "runtimes", "gc",
+    }
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
     if "version" in data and _expect(data, "version", int, "") != 1:
@@ -102,6 +159,7 @@ def parse(text: str, base: Config = Config()) -> Config:
         "grpc": {"address": "address", "uid": "socket_uid", "gid": "socket_gid", "mode": "socket_mode"},
         "log": {"level": "log_level", "format": "log_format"},
         "snapshotter": {"default": "default_snapshotter"},
+        "diff": {"max_uncompressed_bytes": "diff_max_uncompressed_bytes", "max_entries": "diff_max_entries"},
     }
     for section, keys in sections.items():
         table = data.get(section, {})
@@ -116,6 +174,10 @@ def parse(text: str, base: Config = Config()) -> Config:
                 values[attribute] = int(_expect(table, key, str, f"{section}."), 8)
             elif attribute in ("socket_uid", "socket_gid"):
                 values[attribute] = _expect(table, key, int, f"{section}.")
+            elif section == "diff":
+                values[attribute] = _expect(table, key, int, f"{section}.")
+                if values[attribute] < 0:
+                    raise InvalidArgument(f"config: {section}.{key} must not be negative (0: no bound)")
             else:
                 values[attribute] = _expect(table, key, str, f"{section}.")
     proxies: dict[str, ProxyPlugin] = {}
@@ -127,6 +189,8 @@ def parse(text: str, base: Config = Config()) -> Config:
         proxies[name] = ProxyPlugin(type="snapshot", address=str(table["address"]))
     if proxies:
         values["proxy_plugins"] = proxies
+    if "gc" in data:
+        values["gc"] = _parse_gc(data["gc"], base.gc)
     shim = data.get("shim", {})
     if unknown := set(shim) - {"template"}:
         raise InvalidArgument(f"config: unknown keys in [shim]: {sorted(unknown)}")
@@ -179,8 +243,13 @@ def render(config: Config) -> str:
         "",
         "[snapshotter]",
         f"default = {q(config.default_snapshotter)}",
+        "",
+        "[diff]",
+        f"max_uncompressed_bytes = {config.diff_max_uncompressed_bytes}",
+        f"max_entries = {config.diff_max_entries}",
     ]
     lines += ["", "[shim]", f"template = {'true' if config.shim_template else 'false'}"]
+    lines += ["", "[gc]", *(f"{key} = {getattr(config.gc, key)!r}" for key in _GC_KEYS)]
     for name, binary in sorted(config.runtimes.items()):
         lines += ["", f"[runtimes.{q(name)}]", f"binary = {q(binary)}"]
     for name, plugin in sorted(config.proxy_plugins.items()):

@@ -44,9 +44,12 @@ from ctrpy.snapshotter.native import NativeSnapshotter
 from ctrpy.snapshotter.overlay import OverlaySnapshotter
 from ctrpy.snapshotter.proxy import ProxySnapshotter
 
+from . import startup
 from .config import Config
 from .content import ContentStore
+from .diff import Limits
 from .events import Exchange
+from .gc import Collector, Scheduler
 from .metadata.containers import ContainerStore
 from .metadata.content import NamespacedContent
 from .metadata.db import Database
@@ -190,6 +193,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         stack.callback(db.close)
         namespace_store = NamespaceStore(db)
         exchange = Exchange()
+        gc_scheduler = Scheduler(config.gc)  # started once the stores it collects exist
         uuid = await db.run(server_uuid, db)
 
         server = grpc.aio.server(
@@ -213,12 +217,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add("containers", ContainersServicer(db, container_store, exchange),
                      containers_pb2_grpc.add_ContainersServicer_to_server,
                      containers_pb2.DESCRIPTOR.services_by_name["Containers"])
-        services.add("images", ImagesServicer(db, ImageStore(db), exchange),
+        services.add("images", ImagesServicer(db, ImageStore(db), exchange, gc_scheduler),
                      images_pb2_grpc.add_ImagesServicer_to_server,
                      images_pb2.DESCRIPTOR.services_by_name["Images"])
-        services.add("leases", LeasesServicer(db, LeaseStore(db)), leases_pb2_grpc.add_LeasesServicer_to_server,
+        services.add("leases", LeasesServicer(db, LeaseStore(db), gc_scheduler), leases_pb2_grpc.add_LeasesServicer_to_server,
                      leases_pb2.DESCRIPTOR.services_by_name["Leases"])
         content = NamespacedContent(db, ContentStore(config.root))
+        await asyncio.to_thread(startup.clean, content.store, config.root / "tmpmounts")  # after a crash
         services.add_plugin(
             Plugin("io.containerd.content.v1", "content", exports={"root": str(content.store.path)})
         )
@@ -226,12 +231,18 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      content_pb2.DESCRIPTOR.services_by_name["Content"],
                      requires=("io.containerd.content.v1", "io.containerd.metadata.v1"))
         services.add_plugin(Plugin("io.containerd.differ.v1", "walking", requires=("io.containerd.content.v1",)))
-        services.add("diff", DiffServicer(content, config.root / "tmpmounts"), diff_pb2_grpc.add_DiffServicer_to_server,
+        limits = Limits(config.diff_max_uncompressed_bytes or None, config.diff_max_entries or None)
+        services.add("diff", DiffServicer(content, config.root / "tmpmounts", limits),
+                     diff_pb2_grpc.add_DiffServicer_to_server,
                      diff_pb2.DESCRIPTOR.services_by_name["Diff"], requires=("io.containerd.differ.v1",))
         services.add("events", EventsServicer(exchange), events_pb2_grpc.add_EventsServicer_to_server,
                      events_pb2.DESCRIPTOR.services_by_name["Events"], requires=("io.containerd.event.v1",))
         namespace_store.extra_owners.append(SNAPSHOTS_OWNER)
         snapshot_stores = await _snapshotters(config, db, services, stack)
+        gc_scheduler.start(Collector(db, content, snapshot_stores, exchange))
+        stack.push_async_callback(gc_scheduler.close)
+        services.add_plugin(Plugin("io.containerd.gc.v1", "scheduler", requires=("io.containerd.metadata.v1",),
+                                   exports=gc_scheduler.exports))
         services.add("snapshots", SnapshotsServicer(snapshot_stores, exchange),
                      snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
                      snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],

@@ -67,6 +67,29 @@ def _errors(fn: Handler[R]) -> Handler[R]:
     return wrapper
 
 
+async def _to_the_end(job: Awaitable[R]) -> R:
+    """Run an operation that changes the container to its end even when the caller goes away.
+
+    gRPC cancels a handler whose client disconnects (ctrpyd killed). Cancelled half-way, a
+    create would forget a ``runc create`` that still finishes, and a delete would stop between
+    ``runc delete`` and the unmount: the container and the shim would disagree. Shielded, the
+    operation completes and the shim's state says what runc did, for the restarted ctrpyd.
+    """
+    task = asyncio.ensure_future(job)
+    _finishing.add(task)  # referenced until done, even once the handler is gone
+    task.add_done_callback(_finished)
+    return await asyncio.shield(task)
+
+
+_finishing: set[asyncio.Future[Any]] = set()
+
+
+def _finished(task: asyncio.Future[Any]) -> None:
+    _finishing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("operation ended with %r", task.exception())  # the caller, if still there, has it
+
+
 def runtime_config(config: ShimConfig, options: any_pb2.Any) -> RuntimeConfig:
     """The runtime to use: the shim's defaults, overridden by containerd.runc.v1.Options."""
     log_path = os.path.join(config.bundle, files.RUNC_LOG)
@@ -121,16 +144,16 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
         rootfs = [mounts.Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
         stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
         runtime = runtime_config(self.task.config, request.options)
-        pid = await self.task.create(request.id, rootfs, stdio, runtime)
+        pid = await _to_the_end(self.task.create(request.id, rootfs, stdio, runtime))
         return pb.CreateResponse(pid=pid)
 
     @_errors
     async def Start(self, request: pb.StartRequest, context: Any) -> pb.StartResponse:
-        return pb.StartResponse(pid=await self.task.start(request.id, request.exec_id))
+        return pb.StartResponse(pid=await _to_the_end(self.task.start(request.id, request.exec_id)))
 
     @_errors
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
-        info = await self.task.delete(request.id, request.exec_id)
+        info = await _to_the_end(self.task.delete(request.id, request.exec_id))
         response = pb.DeleteResponse(pid=info.pid, exit_status=info.exit_status)
         if info.exited_at_ns:
             response.exited_at.CopyFrom(timestamp(info.exited_at_ns))
@@ -147,12 +170,12 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
 
     @_errors
     async def Pause(self, request: pb.PauseRequest, context: Any) -> pb.PauseResponse:
-        await self.task.pause(request.id)
+        await _to_the_end(self.task.pause(request.id))
         return pb.PauseResponse()
 
     @_errors
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
-        await self.task.resume(request.id)
+        await _to_the_end(self.task.resume(request.id))
         return pb.ResumeResponse()
 
     @_errors
@@ -163,7 +186,7 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
     @_errors
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
-        await self.task.exec(request.id, request.exec_id, stdio, request.spec.value)
+        await _to_the_end(self.task.exec(request.id, request.exec_id, stdio, request.spec.value))
         return pb.ExecResponse()
 
     @_errors

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2 as api
 from ctrpy.api.containerd.types import mount_pb2
+from ctrpy.errors import InvalidArgument
 from ctrpy.mount import Mount
 
 from .types import EPOCH, Info, Kind, Usage
@@ -37,9 +38,16 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+# The range a datetime can hold (years 1 to 9999).
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
+
+
 def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
+    """Raises InvalidArgument for a timestamp a datetime cannot hold, or nanos out of range."""
     if stamp.seconds == 0 and stamp.nanos == 0:
         return EPOCH
+    if not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise InvalidArgument(f"timestamp {stamp.seconds}s {stamp.nanos}ns is out of range")
     # Microseconds survive the round trip exactly; a finer part is dropped.
     return datetime.fromtimestamp(stamp.seconds, UTC).replace(microsecond=stamp.nanos // 1000)
 

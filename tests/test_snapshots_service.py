@@ -441,11 +441,14 @@ def test_crash_leftovers_are_cleaned_at_start(daemon: Daemon) -> None:
             ("half-committed", "done", "default/903/done"),
             ("never-committed", "not-done", "default/904/not-done"),
         ):
-            intent = json.dumps({"name": name, "backend_key": backend_name, "labels": {"l": key}})
+            # gc.root, as ctr's own commit sets it: without it the collector at start-up would
+            # rightly remove the unreferenced result.
+            labels = {"l": key, "containerd.io/gc.root": "2026-01-01T00:00:00Z"}
+            intent = json.dumps({"name": name, "backend_key": backend_name, "labels": labels})
             conn.execute("UPDATE snapshots SET commit_intent = ? WHERE key = ?", (intent, key))
     daemon.start()
     assert listing(daemon) == {("keep", "Active"), ("done", "Committed"), ("never-committed", "Active")}
-    assert json.loads(ok(daemon.ctr("snapshots", "info", "done")))["Labels"] == {"l": "half-committed"}
+    assert json.loads(ok(daemon.ctr("snapshots", "info", "done")))["Labels"]["l"] == "half-committed"
     ok(daemon.ctr("snapshots", "commit", "later", "never-committed"))  # its intent was dropped
     daemon.stop()
     with OverlaySnapshotter(backend_root) as backend:

@@ -22,6 +22,7 @@ from typing import Self
 
 from ctrpy.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
+from .. import failpoints
 from . import digests, ingest
 from .blobs import BlobDir
 from .model import BlobAlreadyExists, IngestStatus
@@ -231,6 +232,7 @@ class Writer:
             if expected and digest != expected:
                 self._save_updated()
                 raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
+            failpoints.hit(failpoints.CONTENT_COMMIT_BEFORE_RENAME)
             try:
                 self._blobs.install(data, digest, actual)
             except BlobAlreadyExists:

@@ -33,6 +33,7 @@ import structlog
 
 from ctrpy.errors import InvalidArgument
 
+from .. import failpoints
 from .compression import LayerStream, LayerTooLarge
 from .rootpath import UnsafeEntry, clean_name, resolve, split_parent
 from .xattrs import PAX_PREFIX, applicable, read_applicable
@@ -447,6 +448,7 @@ def apply_layer(
                 if limits.max_entries is not None and entries > limits.max_entries:
                     raise LayerTooLarge(f"layer exceeds {limits.max_entries} entries")
                 applier.apply(tf, member)
+                failpoints.hit(failpoints.DIFF_APPLY_MID_LAYER)
     except tarfile.TarError as exc:
         raise CorruptLayer(f"invalid tar archive: {exc}") from None
     applier.finish()

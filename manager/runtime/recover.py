@@ -32,13 +32,16 @@ class FoundShim:
     """One bundle found on disk.
 
     Live: ``client`` is connected. Dead: ``client`` is None and ``exit`` is what the cleanup
-    found (None, with ``error`` set, when the cleanup failed and the bundle is still there).
+    found (None, with ``error`` set, when the cleanup failed and the bundle is still there);
+    ``had_task`` says whether the bundle ever held a task (runc wrote its init.pid), so that a
+    create interrupted before that point is not reported as a task that ran and exited.
     """
 
     bundle: Bundle
     client: ShimClient | None = None
     exit: ExitInfo | None = None
     error: str = ""
+    had_task: bool = True
 
     @property
     def alive(self) -> bool:
@@ -65,6 +68,7 @@ async def recover(
             else:
                 found.append(FoundShim(bundle, client=client))
                 continue
+        had_task = bundle.init_pid() is not None or bundle.exit() is not None
         try:
             info = await run_shim_delete(state_dir, bundle, runtime_binary=runtime_binary, python=python)
         except CtrpyError as exc:
@@ -73,5 +77,5 @@ async def recover(
             )
             found.append(FoundShim(bundle, error=exc.message))
             continue
-        found.append(FoundShim(bundle, exit=info))
+        found.append(FoundShim(bundle, exit=info, had_task=had_task))
     return found

@@ -11,6 +11,7 @@ from ctrpy import namespaces
 from ctrpy.api.containerd.events import container_pb2 as events_pb2
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2 as api
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2_grpc as api_grpc
+from ctrpy.manager import failpoints
 from ctrpy.manager.events import Exchange
 from ctrpy.manager.metadata.containers import ContainerStore
 from ctrpy.manager.metadata.db import Database
@@ -48,6 +49,7 @@ class ContainersServicer(api_grpc.ContainersServicer):
     async def Create(self, request: api.CreateContainerRequest, context: object) -> api.CreateContainerResponse:
         structlog.contextvars.bind_contextvars(container=request.container.id)
         created = await self.db.run(self.store.create, convert.container_from_proto(request.container))
+        failpoints.hit(failpoints.CONTAINERS_CREATE_AFTER_COMMIT)
         self.events.publish(
             namespaces.require(),
             "/containers/create",

@@ -6,7 +6,7 @@ the record it converts (``container_to_proto``, ``container_from_proto``).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import any_pb2, timestamp_pb2
 
@@ -16,6 +16,7 @@ from ctrpy.api.containerd.services.images.v1 import images_pb2
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2
 from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2
 from ctrpy.api.containerd.types import descriptor_pb2, mount_pb2
+from ctrpy.errors import InvalidArgument
 from ctrpy.manager.content import IngestStatus, WriteReply, WriteRequest
 from ctrpy.manager.metadata.content import ContentInfo
 from ctrpy.mount import Mount
@@ -35,11 +36,20 @@ from ctrpy.records import (
 GO_ZERO_SECONDS = -62135596800
 
 
+# The last second a datetime can hold (9999-12-31T23:59:59Z).
+MAX_SECONDS = 253402300799
+
+
 def timestamp_to_datetime(stamp: timestamp_pb2.Timestamp | None) -> datetime | None:
-    """None for an absent, empty or Go-zero timestamp; otherwise an aware UTC datetime."""
+    """None for an absent, empty or Go-zero timestamp; otherwise an aware UTC datetime.
+
+    Raises InvalidArgument for a timestamp past year 9999 or with nanos outside 0..999999999.
+    """
     if stamp is None or stamp.seconds <= GO_ZERO_SECONDS or (stamp.seconds == 0 and stamp.nanos == 0):
         return None
-    return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
+    if stamp.seconds > MAX_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise InvalidArgument(f"timestamp {stamp.seconds}s {stamp.nanos}ns is out of range")
+    return datetime.fromtimestamp(stamp.seconds, tz=UTC) + timedelta(microseconds=stamp.nanos // 1000)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,6 +64,17 @@ def datetime_to_timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | N
     return timestamp_pb2.Timestamp(
         seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
     )
+
+
+def set_timestamp(stamp: timestamp_pb2.Timestamp, value: datetime | None) -> None:
+    """Fill a message's Timestamp field in place (``None`` leaves it unset).
+
+    Cheaper than building a Timestamp and copying it in: List responses hold thousands.
+    """
+    if value is not None:
+        delta = value - _EPOCH
+        stamp.seconds = delta.days * 86400 + delta.seconds
+        stamp.nanos = delta.microseconds * 1000
 
 
 def any_from_proto(message: any_pb2.Any, present: bool = True) -> AnyValue | None:
@@ -92,22 +113,31 @@ def container_from_proto(message: containers_pb2.Container) -> Container:
 
 
 def container_to_proto(container: Container) -> containers_pb2.Container:
+    # Sub-messages are filled in place rather than built and copied: about a third faster,
+    # which List of thousands of containers notices.
     message = containers_pb2.Container(
         id=container.id,
-        labels=dict(container.labels),
+        labels=container.labels,
         image=container.image,
         snapshotter=container.snapshotter,
         snapshot_key=container.snapshot_key,
-        created_at=datetime_to_timestamp(container.created_at),
-        updated_at=datetime_to_timestamp(container.updated_at),
     )
-    message.runtime.name = container.runtime.name
-    if container.runtime.options is not None:
-        message.runtime.options.CopyFrom(any_to_proto(container.runtime.options))
-    if container.spec is not None:
-        message.spec.CopyFrom(any_to_proto(container.spec))
+    set_timestamp(message.created_at, container.created_at)
+    set_timestamp(message.updated_at, container.updated_at)
+    runtime = message.runtime
+    runtime.name = container.runtime.name
+    options = container.runtime.options
+    if options is not None:
+        runtime.options.type_url = options.type_url
+        runtime.options.value = options.value
+    spec = container.spec
+    if spec is not None:
+        message.spec.type_url = spec.type_url
+        message.spec.value = spec.value
     for key, value in container.extensions.items():
-        message.extensions[key].CopyFrom(any_to_proto(value))
+        extension = message.extensions[key]
+        extension.type_url = value.type_url
+        extension.value = value.value
     return message
 
 
@@ -138,13 +168,14 @@ def image_from_proto(message: images_pb2.Image) -> Image:
 
 
 def image_to_proto(image: Image) -> images_pb2.Image:
-    return images_pb2.Image(
+    message = images_pb2.Image(
         name=image.name,
-        labels=dict(image.labels),
+        labels=image.labels,
         target=descriptor_to_proto(image.target),
-        created_at=datetime_to_timestamp(image.created_at),
-        updated_at=datetime_to_timestamp(image.updated_at),
     )
+    set_timestamp(message.created_at, image.created_at)
+    set_timestamp(message.updated_at, image.updated_at)
+    return message
 
 
 def lease_to_proto(lease: Lease) -> leases_pb2.Lease:

@@ -14,7 +14,15 @@ from typing import BinaryIO, cast
 
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2 as api
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2_grpc as api_grpc
-from ctrpy.manager.diff import OCI_LAYER, OCI_LAYER_GZIP, apply_to_mounts, diff_compression, diff_mounts
+from ctrpy.manager.diff import (
+    NO_LIMITS,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    Limits,
+    apply_to_mounts,
+    diff_compression,
+    diff_mounts,
+)
 from ctrpy.manager.metadata.content import UNCOMPRESSED_LABEL, ContentInfo, NamespacedContent
 from ctrpy.mount import Mount
 from ctrpy.records import Descriptor
@@ -23,11 +31,13 @@ from . import convert
 
 
 class DiffServicer(api_grpc.DiffServicer):
-    """``tmp_root`` holds the temporary mount points of mounts that must be mounted to be used."""
+    """``tmp_root`` holds the temporary mount points of mounts that must be mounted to be used;
+    ``limits`` bounds every layer applied (a layer past them is refused with InvalidArgument)."""
 
-    def __init__(self, content: NamespacedContent, tmp_root: Path) -> None:
+    def __init__(self, content: NamespacedContent, tmp_root: Path, limits: Limits = NO_LIMITS) -> None:
         self.content = content
         self.tmp_root = tmp_root
+        self.limits = limits
         tmp_root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def Apply(self, request: api.ApplyRequest, context: object) -> api.ApplyResponse:
@@ -53,7 +63,9 @@ class DiffServicer(api_grpc.DiffServicer):
 
     def _apply(self, layer: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         with self.content.open_blob(layer.digest) as stream:
-            applied = apply_to_mounts(stream, layer.media_type, mounts, tmp_root=self.tmp_root)
+            applied = apply_to_mounts(
+                stream, layer.media_type, mounts, tmp_root=self.tmp_root, limits=self.limits
+            )
         return Descriptor(OCI_LAYER, applied.digest, applied.size)
 
     def _diff(

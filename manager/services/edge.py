@@ -5,20 +5,24 @@ One interceptor wraps every method handler so that, for the duration of the call
 - the ``containerd-namespace`` header (default ``default``) is validated and set as the current
   namespace, and the ``containerd-lease`` header as the current lease;
 - both are bound into structlog's context, so log lines carry them;
-- a :class:`ctrpy.errors.CtrpyError` raised inside becomes its gRPC status code and message;
-  anything else is logged with its traceback and answered with UNKNOWN.
+- a :class:`ctrpy.errors.CtrpyError` raised inside becomes its gRPC status code and message
+  (Python's ``NotImplementedError``, which generated servicers raise for a method they lack,
+  becomes UNIMPLEMENTED); anything else is logged with its traceback and answered with UNKNOWN;
+- a request body that does not decode as the method's message is answered with
+  INVALID_ARGUMENT (grpc would answer UNKNOWN, naming a Python exception).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
 
-from ctrpy import identifiers, namespaces
-from ctrpy.errors import CtrpyError
+from ctrpy import errors, identifiers, namespaces
+from ctrpy.errors import CtrpyError, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -47,18 +51,87 @@ def _enter_call(context: Context) -> None:
     structlog.contextvars.bind_contextvars(ns=namespace, **({"lease": lease} if lease else {}))
 
 
+# grpc clients refuse a status whose headers pass 8 KiB (the message travels percent-encoded):
+# a message echoing a 10,000-character identifier is cut in the middle to fit.
+_MESSAGE_HEAD, _MESSAGE_TAIL = 2048, 256
+
+
+def _encoded_size(text: str) -> int:
+    data = text.encode("utf-8", "surrogatepass")
+    return sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in data)
+
+
+def bounded(message: str) -> str:
+    """``message``, cut in the middle (keeping the kind at its end) if its encoded form would
+    pass the budget of a status header."""
+    if _encoded_size(message) <= _MESSAGE_HEAD + _MESSAGE_TAIL:
+        return message
+
+    def fitting(chars: str, budget: int) -> int:
+        count = size = 0
+        for ch in chars:
+            size += _encoded_size(ch)
+            if size > budget:
+                break
+            count += 1
+        return count
+
+    head = message[: fitting(message, _MESSAGE_HEAD)]
+    tail = message[len(message) - fitting(message[::-1], _MESSAGE_TAIL) :]
+    return f"{head}...[{len(message) - len(head) - len(tail)} characters cut]...{tail}"
+
+
 async def _abort(context: Context, error: BaseException, method: str) -> None:
+    if isinstance(error, NotImplementedError):
+        error = errors.NotImplemented(str(error))
     if isinstance(error, CtrpyError):
         log.debug("call failed", method=method, code=error.code.name, error=error.message)
-        await context.abort(error.code, error.message)
+        await context.abort(error.code, bounded(error.message))
     log.exception("call crashed", method=method, exc_info=error)
-    await context.abort(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
+    await context.abort(grpc.StatusCode.UNKNOWN, bounded(f"{type(error).__name__}: {error}"))
 
 
-def _wrap_unary(method: str, inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode; the handler refuses it."""
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type, self.error = message_type, error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning an :class:`_Undecodable` instead of raising."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    message_type = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "the request message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError, or whatever else bad bytes provoke
+            return _Undecodable(message_type, error)
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"request is not a valid {request.message_type}: {request.error}")
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
+def _wrap_unary(
+    method: str, inner: Callable[..., Awaitable[Any]], streaming_request: bool = False
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         try:
             _enter_call(context)
+            request = _decoded_stream(request) if streaming_request else _decoded(request)
             return await inner(request, context)
         except (grpc.aio.AbortError, AssertionError):
             raise
@@ -68,11 +141,19 @@ def _wrap_unary(method: str, inner: Callable[..., Awaitable[Any]]) -> Callable[.
     return handler
 
 
-def _wrap_streaming(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(
+    method: str, inner: Callable[..., AsyncIterator[Any]], streaming_request: bool = False
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
             _enter_call(context)
-            async for item in inner(request, context):
+            request = _decoded_stream(request) if streaming_request else _decoded(request)
+            responses = inner(request, context)
+            if inspect.isawaitable(responses):
+                # A handler that writes with context.write (grpc's health Watch) is a coroutine.
+                await responses
+                return
+            async for item in responses:
                 yield item
         except (grpc.aio.AbortError, AssertionError):
             raise
@@ -85,6 +166,11 @@ def _wrap_streaming(method: str, inner: Callable[..., AsyncIterator[Any]]) -> Ca
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     """Namespace, lease, logging context and error translation for every call."""
 
+    def __init__(self) -> None:
+        # method -> (grpc's handler, ours wrapping it): grpc hands out the same handler for a
+        # method every time, so each is wrapped once rather than on every call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
@@ -94,19 +180,33 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(method: str, handler: Handler) -> Handler:
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(_wrap_unary(method, handler.unary_unary), **kwargs)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary(method, handler.stream_unary), **kwargs)
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(method, handler.stream_unary, streaming_request=True), **kwargs
+            )
         if handler.unary_stream:
             # grpc.aio handlers are async generators, though the stubs type them as iterators.
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_streaming(method, cast(Callable[..., AsyncIterator[Any]], handler.unary_stream)), **kwargs
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(method, cast(Callable[..., AsyncIterator[Any]], handler.stream_stream)), **kwargs
+            _wrap_streaming(
+                method, cast(Callable[..., AsyncIterator[Any]], handler.stream_stream), streaming_request=True
+            ),
+            **kwargs,
         )

@@ -1,4 +1,8 @@
-"""containerd.services.images.v1.Images (the records; content and unpacking live elsewhere)."""
+"""containerd.services.images.v1.Images (the records; content and unpacking live elsewhere).
+
+A Delete with ``sync`` waits for a garbage collection, so the image's content and snapshots are
+gone when it returns (as containerd does).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from ctrpy.api.containerd.events import image_pb2 as events_pb2
 from ctrpy.api.containerd.services.images.v1 import images_pb2 as api
 from ctrpy.api.containerd.services.images.v1 import images_pb2_grpc as api_grpc
 from ctrpy.manager.events import Exchange
+from ctrpy.manager.gc import GcTrigger
 from ctrpy.manager.metadata.db import Database
 from ctrpy.manager.metadata.images import ImageStore
 
@@ -16,8 +21,8 @@ from . import convert
 
 
 class ImagesServicer(api_grpc.ImagesServicer):
-    def __init__(self, db: Database, store: ImageStore, events: Exchange) -> None:
-        self.db, self.store, self.events = db, store, events
+    def __init__(self, db: Database, store: ImageStore, events: Exchange, gc: GcTrigger | None = None) -> None:
+        self.db, self.store, self.events, self.gc = db, store, events, gc
 
     async def Get(self, request: api.GetImageRequest, context: object) -> api.GetImageResponse:
         image = await self.db.run(self.store.get, request.name)
@@ -50,4 +55,6 @@ class ImagesServicer(api_grpc.ImagesServicer):
     async def Delete(self, request: api.DeleteImageRequest, context: object) -> empty_pb2.Empty:
         await self.db.run(self.store.delete, request.name)
         self.events.publish(namespaces.require(), "/images/delete", events_pb2.ImageDelete(name=request.name))
+        if request.sync and self.gc is not None:
+            await self.gc.collect_now()
         return empty_pb2.Empty()

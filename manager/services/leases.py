@@ -1,4 +1,8 @@
-"""containerd.services.leases.v1.Leases."""
+"""containerd.services.leases.v1.Leases.
+
+Leases publish no events, so deleting one (or one of its resources) tells the garbage
+collector directly; a Delete with ``sync`` waits for the collection.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from google.protobuf import empty_pb2
 
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2 as api
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2_grpc as api_grpc
+from ctrpy.manager.gc import GcTrigger
 from ctrpy.manager.metadata.db import Database
 from ctrpy.manager.metadata.leases import LeaseStore
 
@@ -23,15 +28,21 @@ def generate_lease_id() -> str:
 
 
 class LeasesServicer(api_grpc.LeasesServicer):
-    def __init__(self, db: Database, store: LeaseStore) -> None:
-        self.db, self.store = db, store
+    def __init__(self, db: Database, store: LeaseStore, gc: GcTrigger | None = None) -> None:
+        self.db, self.store, self.gc = db, store, gc
 
     async def Create(self, request: api.CreateRequest, context: object) -> api.CreateResponse:
         lease = await self.db.run(self.store.create, request.id or generate_lease_id(), dict(request.labels))
+        if self.gc is not None:
+            self.gc.lease_created(lease.labels)
         return api.CreateResponse(lease=convert.lease_to_proto(lease))
 
     async def Delete(self, request: api.DeleteRequest, context: object) -> empty_pb2.Empty:
         await self.db.run(self.store.delete, request.id)
+        if self.gc is not None:
+            self.gc.mutated(dirty=True)
+            if request.sync:
+                await self.gc.collect_now()
         return empty_pb2.Empty()
 
     async def List(self, request: api.ListRequest, context: object) -> api.ListResponse:
@@ -44,6 +55,8 @@ class LeasesServicer(api_grpc.LeasesServicer):
 
     async def DeleteResource(self, request: api.DeleteResourceRequest, context: object) -> empty_pb2.Empty:
         await self.db.run(self.store.delete_resource, request.id, convert.resource_from_proto(request.resource))
+        if self.gc is not None:
+            self.gc.mutated(dirty=True)
         return empty_pb2.Empty()
 
     async def ListResources(

@@ -11,7 +11,8 @@ event loop). Three ways a task ends:
   shim had already reported it, and keeps a *tombstone* so that Get says STOPPED and Delete
   works, as for any stopped task.
 - ctrpyd restarts: :meth:`recover` reconnects to every live shim by its bundle's address and
-  treats dead ones as above.
+  treats dead ones as above. A shim that was deleting its task when ctrpyd died finishes that
+  delete and reports /tasks/delete to the new ctrpyd, which then completes it on its side.
 
 The shims themselves publish the task events (create, start, exit, delete, exec, pause, oom)
 to ctrpyd's Events service, in order; ctrpyd publishes only what no shim can: the exit of a
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import posixpath
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from ctrpy.mount import Mount
 from ctrpy.records import AnyValue, Container
 from ctrpy.shim.files import ExitInfo
 
+from .. import failpoints
 from ..events import Envelope, Exchange
 from ..runtime import Bundle, ShimClient, ShimLauncher, Stdio, recover
 from ..runtime.client import RawAny
@@ -62,6 +65,7 @@ class Task:
     pid: int = 0
     dead: ExitInfo | None = None
     exit_reported: bool = False
+    deleting: bool = False
     pidfd: int | None = None
     buried: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -81,7 +85,28 @@ def _spec_bytes(container: Container) -> bytes:
         raise InvalidArgument(f'container "{container.id}": spec has no root.path')
     if not isinstance(spec.get("process"), dict):
         raise InvalidArgument(f'container "{container.id}": spec has no process')
+    _check_mounts(container.id, spec.get("mounts"))
     return container.spec.value
+
+
+def _check_mounts(container_id: str, mounts: object) -> None:
+    """Refuse what runc would do but must not: bind-mounting a proc filesystem (the host's
+    ``/proc``) over the container's ``/proc``. runc accepts any procfs as a source there, and
+    the container would then see, and could write to, the host's processes and sysctls."""
+    if mounts is None:
+        return
+    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
+        raise InvalidArgument(f'container "{container_id}": spec mounts must be a list of objects')
+    for m in mounts:
+        destination = m.get("destination")
+        if not isinstance(destination, str) or posixpath.normpath("/" + destination.lstrip("/")) != "/proc":
+            continue
+        options = m.get("options") or []
+        if m.get("type") != "proc" or any(o in ("bind", "rbind") for o in options if isinstance(o, str)):
+            raise InvalidArgument(
+                f'container "{container_id}": /proc must be a new proc filesystem, '
+                f'not a {m.get("type") or "bind"} mount of {m.get("source")!r}'
+            )
 
 
 class TaskManager:
@@ -158,6 +183,7 @@ class TaskManager:
                 raw_options = RawAny(chosen.type_url, chosen.value)
             binary = self.runtime_binary(container, raw_options)
             bundle = await asyncio.to_thread(Bundle.create, self.state_dir, namespace, container.id, spec)
+            failpoints.hit(failpoints.TASKS_CREATE_AFTER_BUNDLE)
             client: ShimClient | None = None
             try:
                 client = await self.launcher.start_shim(bundle, runtime_binary=binary)
@@ -202,6 +228,7 @@ class TaskManager:
         """Delete a stopped task; its shim exits and its bundle goes."""
         task = self.get(container_id)
         if task.client is None:
+            await task.buried.wait()  # a shim that just died: its cleanup comes first
             assert task.dead is not None
             self._forget(task)
             self.exchange.publish(
@@ -213,7 +240,14 @@ class TaskManager:
                 ),
             )
             return task.dead
-        info = await task.client.delete()
+        task.deleting = True
+        try:
+            info = await task.client.delete()
+        except NotFound:  # a delete that outlived a ctrpyd crash finished in the shim: finish here
+            info = task.bundle.exit() or ExitInfo(task.pid, 255, time.time_ns())
+        except BaseException:
+            task.deleting = False
+            raise
         self._forget(task)
         with contextlib.suppress(CtrpyError):
             await task.client.shutdown()
@@ -259,11 +293,17 @@ class TaskManager:
         log.warning("shim died", ns=task.namespace, id=task.id)
         client, task.client = task.client, None
         await client.close()
+        await self._clean_after_shim(task)
+
+    async def _clean_after_shim(self, task: Task) -> None:
+        """Run ``ctrpy-shim delete`` for a task whose shim is gone (its client already None),
+        then bury it. Until then Get shows the exit that the bundle holds (else 255)."""
+        task.dead = task.bundle.exit() or ExitInfo(task.pid, 255, time.time_ns())
         try:
             info = await self.launcher.delete_shim(task.bundle)
         except CtrpyError as exc:
             log.error("cleaning up after a dead shim failed", id=task.id, error=exc.message)
-            info = ExitInfo(0, 255, time.time_ns())
+            info = task.dead
         self._bury(task, info)
 
     def _bury(self, task: Task, info: ExitInfo) -> None:
@@ -282,6 +322,14 @@ class TaskManager:
             )
 
     def _observe(self, envelope: Envelope) -> None:
+        if envelope.topic == "/tasks/delete" and envelope.event.type_url.endswith("TaskDelete"):
+            deleted = task_events.TaskDelete.FromString(envelope.event.value)
+            task = self._tasks.get((envelope.namespace, deleted.container_id))
+            if task is not None and task.client is not None and not task.deleting and deleted.pid == task.pid:
+                # Not a delete of ours: one asked of the shim before ctrpyd restarted, which
+                # the shim has just finished (and is telling the new ctrpyd about).
+                self._spawn(self._deleted_by_shim(task, task.client))
+            return
         if envelope.topic != "/tasks/exit" or not envelope.event.type_url.endswith("TaskExit"):
             return
         event = task_events.TaskExit.FromString(envelope.event.value)
@@ -289,19 +337,45 @@ class TaskManager:
         if task is not None and event.id in ("", event.container_id):
             task.exit_reported = True
 
+    async def _deleted_by_shim(self, task: Task, client: ShimClient) -> None:
+        """Finish on ctrpyd's side a delete that the shim finished on its own."""
+        try:
+            await client.state()
+            return  # the task is still there: the event was about something else
+        except NotFound:
+            pass
+        except CtrpyError:
+            return  # the shim is going away: its death is handled by the pidfd watch
+        if self._tasks.get((task.namespace, task.id)) is not task or task.deleting:
+            return
+        task.deleting = True
+        log.info("task deleted by its shim across a restart", ns=task.namespace, id=task.id)
+        self._forget(task)
+        with contextlib.suppress(CtrpyError):
+            await client.shutdown()
+        await client.close()
+        try:
+            await asyncio.to_thread(_remove_bundle, task.bundle)
+        except CtrpyError as exc:
+            log.error("bundle left behind", id=task.id, error=exc.message)
+
     # --- restart --------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Find the shims of tasks created before this ctrpyd started."""
+        """Find the shims of tasks created before this ctrpyd started.
+
+        A live shim with a task gives that task back. A live shim without one (its create never
+        finished, or its task was deleted while ctrpyd was down) is shut down and its bundle
+        removed. A dead shim leaves a tombstone with the exit from its bundle (else 255), unless
+        its bundle never held a task (no init.pid: the create never got that far), which goes.
+        """
         binary = self.runtimes.get("io.containerd.runc.v2", "runc")
         for found in await recover(self.state_dir, runtime_binary=binary):
             key = (found.bundle.namespace, found.bundle.id)
             if found.client is not None:
-                state = await found.client.state()
-                task = Task(key[0], key[1], found.bundle, found.client, stdio=state.stdio, pid=state.pid)
-                self._tasks[key] = task
-                self._watch(task)
-                log.info("task recovered", ns=key[0], id=key[1], pid=state.pid)
+                await self._adopt(found.bundle, found.client)
+            elif found.exit is not None and not found.had_task:
+                log.info("half-created task cleaned up", ns=key[0], id=key[1])
             elif found.exit is not None:
                 task = Task(key[0], key[1], found.bundle, None)
                 self._tasks[key] = task
@@ -309,6 +383,27 @@ class TaskManager:
                 log.info("task's shim was gone", ns=key[0], id=key[1], exit_status=found.exit.exit_status)
             else:
                 log.error("task left behind", ns=key[0], id=key[1], error=found.error)
+
+    async def _adopt(self, bundle: Bundle, client: ShimClient) -> None:
+        """Take over the task of a live shim found at start-up (see :meth:`recover`)."""
+        key = (bundle.namespace, bundle.id)
+        try:
+            state = await client.state()
+        except NotFound:
+            log.info("shim without a task shut down", ns=key[0], id=key[1])
+            await self._discard(bundle, client)
+            return
+        except CtrpyError as exc:  # it answered Connect, then stopped answering
+            log.warning("shim stopped answering", ns=key[0], id=key[1], error=exc.message)
+            await client.close()
+            task = Task(key[0], key[1], bundle, None, pid=bundle.init_pid() or 0)
+            self._tasks[key] = task
+            await self._clean_after_shim(task)
+            return
+        task = Task(key[0], key[1], bundle, client, stdio=state.stdio, pid=state.pid)
+        self._tasks[key] = task
+        self._watch(task)
+        log.info("task recovered", ns=key[0], id=key[1], pid=state.pid)
 
     async def close(self) -> None:
         """Stop watching and close the clients; the shims and their containers keep running."""

@@ -28,14 +28,24 @@ def zombie_children() -> list[int]:
     return found
 
 
-def shim_pids() -> set[int]:
-    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and is_shim(int(p.name))}
+def shim_pids(state: Path) -> set[int]:
+    """Shims of this test's state dir only: other suites may run shims at the same time.
+    (A forked shim carries its template's command line, which names the state dir too.)"""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and is_shim(int(entry.name)):
+            try:
+                if str(state).encode() in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 @aio
 async def test_twenty_runs_leave_nothing_behind(make_env: Callable[..., Env]) -> None:
     async with make_env() as env:
-        shims_before = shim_pids()
+        shims_before = shim_pids(env.state)
         # One run first, so that lazily created gRPC/asyncio descriptors exist before counting.
         assert await env.run_and_remove("warmup", ["true"]) == 0
         fds_before = sorted(os.listdir("/proc/self/fd"))
@@ -47,5 +57,5 @@ async def test_twenty_runs_leave_nothing_behind(make_env: Callable[..., Env]) ->
         assert not any((env.state / "tasks" / NAMESPACE).iterdir())
         assert not env.runtime_root.exists() or not any(env.runtime_root.iterdir())
         assert all(not any(p.is_dir() for p in d.iterdir()) for d in cgroup_dirs(env.cgroup_parent))
-        assert shim_pids() - shims_before == set()
+        assert shim_pids(env.state) - shims_before == set()
         assert sorted(p.name for p in (env.state / "s").iterdir()) == ["template"]

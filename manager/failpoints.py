@@ -1,0 +1,100 @@
+"""Failpoints: named places where a test can make ctrpyd die, to prove that it recovers.
+
+A test starts ctrpyd with ``CTRPY_FAILPOINTS=name[,name...]`` in its environment; when the code
+reaches an armed point, the process sends itself SIGKILL there and then, as a crash or a power
+cut would stop it (no ``finally``, no atexit, no flush). A point written ``name=N`` fires the
+N-th time it is reached instead of the first. The variable is read once, at import; when it is
+unset, :func:`hit` returns after one test of an empty set.
+
+The points (each is one ``failpoints.hit(...)`` line in the code it names):
+
+``containers.create.after-commit``
+    ContainersServicer.Create: the container row is committed to sqlite, the
+    ``/containers/create`` event is not yet published.
+``tasks.create.after-bundle``
+    TaskManager.create: the bundle (config.json, rootfs/) is written, no shim is started yet.
+``diff.apply.mid-layer``
+    apply_layer: after a layer entry has been unpacked (the first one, or the N-th), with the
+    rest of the layer's stream still unread.
+``content.commit.before-rename``
+    Writer.commit: the ingest's data is fsynced and verified, not yet renamed into ``blobs/``.
+
+Before it dies, the process writes ``ctrpy failpoint <name>: killing pid <pid>`` to stderr
+(unbuffered), so that a test can tell the failpoint from an unrelated crash.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "CTRPY_FAILPOINTS"
+
+CONTAINERS_CREATE_AFTER_COMMIT = "containers.create.after-commit"
+TASKS_CREATE_AFTER_BUNDLE = "tasks.create.after-bundle"
+DIFF_APPLY_MID_LAYER = "diff.apply.mid-layer"
+CONTENT_COMMIT_BEFORE_RENAME = "content.commit.before-rename"
+
+#: Every point the code defines; :func:`parse` refuses any other name.
+NAMES = frozenset(
+    {
+        CONTAINERS_CREATE_AFTER_COMMIT,
+        TASKS_CREATE_AFTER_BUNDLE,
+        DIFF_APPLY_MID_LAYER,
+        CONTENT_COMMIT_BEFORE_RENAME,
+    }
+)
+
+
+def parse(text: str) -> dict[str, int]:
+    """``"a,b=3"`` -> ``{"a": 1, "b": 3}``: each armed point and the hit on which it fires.
+
+    Raises ValueError for an unknown name or a count that is not a positive integer, so that a
+    misspelt failpoint fails loudly instead of never firing.
+    """
+    armed: dict[str, int] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, count = item.partition("=")
+        if name not in NAMES:
+            raise ValueError(f"{ENV}: unknown failpoint {name!r} (known: {', '.join(sorted(NAMES))})")
+        try:
+            nth = int(count) if count else 1
+        except ValueError:
+            raise ValueError(f"{ENV}: {item!r}: the count must be an integer") from None
+        if nth < 1:
+            raise ValueError(f"{ENV}: {item!r}: the count must be at least 1")
+        armed[name] = nth
+    return armed
+
+
+_armed: dict[str, int] = parse(os.environ.get(ENV, ""))
+_seen: dict[str, int] = {}
+_lock = threading.Lock()  # hits come from the event loop and from worker threads
+
+
+def armed() -> frozenset[str]:
+    """The names armed in this process."""
+    return frozenset(_armed)
+
+
+def hit(name: str) -> None:
+    """Reach the failpoint ``name``: if it is armed and due, SIGKILL this process now."""
+    if not _armed or name not in _armed:
+        return
+    with _lock:
+        _seen[name] = count = _seen.get(name, 0) + 1
+    if count == _armed[name]:
+        _die(name)
+
+
+def _die(name: str) -> None:
+    pid = os.getpid()
+    try:
+        os.write(2, f"ctrpy failpoint {name}: killing pid {pid}\n".encode())
+    except OSError:
+        pass
+    os.kill(pid, signal.SIGKILL)
