@@ -169,11 +169,17 @@ TTY_SCRIPT = (
 )
 
 
-def _size_until(session: PtyProcess, wanted: bytes) -> None:
+def _size_until(session: PtyProcess, wanted: bytes, resize: tuple[int, int] | None = None) -> None:
     """Ask the container for its terminal size until it answers ``wanted`` (the size is set
-    by ResizePty, which arrives after Start, or after a SIGWINCH, a moment later)."""
+    by ResizePty, which arrives after Start, or after a SIGWINCH, a moment later). With
+    ``resize``, the terminal is resized now and again every 100 questions, as a person dragging
+    a window would: once under heavy load in CI a single SIGWINCH went unanswered."""
     seen = b""
-    for _ in range(500):
+    for attempt in range(500):
+        if resize is not None and attempt % 100 == 0:
+            if attempt:  # the kernel signals only a change: step away and back
+                session.resize(resize[0] - 1, resize[1])
+            session.resize(*resize)
         session.write(b"\n")
         seen = session.read_until(b"end\r\n")
         if b"\r\n" + wanted + b"\r\n" in seen:
@@ -190,8 +196,7 @@ def test_tty(runner: Runner) -> None:
         session.write(b"tty-ok\n")
         out = session.read_until(b"xterm\r\n")
         _size_until(session, b"30 100")  # our size, sent after Start
-        session.resize(120, 40)  # SIGWINCH: ctrpy sends the new size
-        _size_until(session, b"40 120")
+        _size_until(session, b"40 120", resize=(120, 40))  # SIGWINCH: ctrpy sends the new size
         session.write(b"q\n")
         code, _ = session.finish()
     finally:
