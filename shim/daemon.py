@@ -40,6 +40,17 @@ def set_process_name(name: bytes = PROCESS_NAME) -> None:
     libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
+def configure_logging() -> None:
+    """Log to stderr (``shim.log`` once the shim has moved it there); a no-op the second time.
+
+    The template calls it before forking, so that each shim inherits the configured logger
+    instead of building (and paying the pages for) its own.
+    """
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s ctrpy-shim: %(message)s"
+    )
+
+
 def write_reply(fd: int, reply: dict[str, Any]) -> None:
     """Write one JSON line to ``fd`` and close it (errors ignored: the reader may be gone)."""
     try:
@@ -106,20 +117,13 @@ def _become_shim(config: ShimConfig, reply_fd: int, inherited: Sequence[socket.s
     os.dup2(null_fd, 0)
     os.dup2(null_fd, 1)
     os.dup2(log_fd, 2)
-    keep = {0, 1, 2, reply_fd}
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    # Everything but 0-2 and the reply descriptor (close_range(2) where the kernel has it).
+    os.closerange(3, reply_fd)
+    os.closerange(reply_fd + 1, max(os.sysconf("SC_OPEN_MAX"), reply_fd + 2))
     os.chdir(config.bundle)
     os.umask(0o022)
     set_process_name()
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s ctrpy-shim: %(message)s"
-    )
+    configure_logging()
     replied = False
 
     def report(reply: dict[str, Any]) -> None:

@@ -70,34 +70,46 @@ class RuntimeInfo:
     root: str
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: write a temporary file, fsync it, rename it, fsync the dir."""
+def write_atomic(
+    path: str | os.PathLike[str], data: str | bytes, *, mode: int = 0o644, durable: bool = False
+) -> None:
+    """Replace ``path`` with ``data``: write a temporary file beside it, then rename it over.
+
+    Readers see the old content or the new, never a part. By default nothing is fsynced:
+    bundles live in the state directory, which does not survive a reboot by design, and what a
+    process has written is safe from its own crash once ``write`` returns; syncing costs a
+    journal commit per file. ``durable`` fsyncs the data and the directory, for the one file
+    whose loss would lose something users rely on: the exit status.
+    """
     target = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.rename(tmp, target)
+        if durable:
+            directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
-    dirfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def write_exit(bundle: str | os.PathLike[str], info: ExitInfo) -> None:
-    """Persist the init process's exit in ``<bundle>/exit`` (durably, atomically)."""
-    write_atomic(Path(bundle) / EXIT, info.to_json())
+    """Persist the init process's exit in ``<bundle>/exit``, atomically and fsynced, before
+    anyone is told of the exit."""
+    write_atomic(Path(bundle) / EXIT, info.to_json(), durable=True)
 
 
 def read_exit(bundle: str | os.PathLike[str]) -> ExitInfo | None:

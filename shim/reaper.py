@@ -28,9 +28,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 PR_SET_CHILD_SUBREAPER = 36
-# Sources are first duplicated to descriptors at or above this number, so that moving them onto
-# their targets (0, 1, 2, 3...) never overwrites another source.
-_HIGH_FD = 100
 
 ExitCallback = Callable[[int, int], None]
 
@@ -121,8 +118,13 @@ class Reaper:
                     opened.append(null)
                     wanted[target] = null
             actions: list[tuple[int, int, int]] = []
+            # Sources are first duplicated above every target, so that moving them onto their
+            # targets never overwrites another source. Just above, not at some high number: a
+            # descriptor past the table's 64 slots makes the kernel grow the table of this
+            # multi-threaded process, and that waits for an RCU grace period (7-17 ms here).
+            floor = max(wanted) + 1
             for target, source in sorted(wanted.items()):
-                high = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+                high = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, floor)
                 opened.append(high)
                 actions.append((os.POSIX_SPAWN_DUP2, high, target))
             pid = os.posix_spawnp(

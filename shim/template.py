@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import select
+import signal
 import socket
 import sys
 
@@ -32,7 +33,7 @@ from ctrpy.api.ctrpy.shim.v1 import shim_pb2
 from ctrpy.errors import CtrpyError
 
 from .config import ShimConfig
-from .daemon import fork_shim, set_process_name, write_reply
+from .daemon import configure_logging, fork_shim, set_process_name, write_reply
 from .events import pack
 from .server import claim_socket
 
@@ -84,6 +85,13 @@ def warm_up() -> None:
 
     async def exercise() -> None:
         await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, lambda: None)
+        loop.remove_signal_handler(signal.SIGCHLD)
+        event = asyncio.Event()
+        loop.call_soon(event.set)
+        await asyncio.wait_for(event.wait(), 1.0)
+        await asyncio.gather(asyncio.shield(asyncio.sleep(0)), asyncio.ensure_future(asyncio.sleep(0)))
         for name in shim_pb2.DESCRIPTOR.message_types_by_name:
             getattr(shim_pb2, name)().SerializeToString()
         for name in task_events.DESCRIPTOR.message_types_by_name:
@@ -91,6 +99,63 @@ def warm_up() -> None:
         json.loads(json.dumps({"warm": [1, "up"]}))
 
     asyncio.run(exercise())
+    configure_logging()
+
+
+_FILLERS: list[object] = []
+
+
+def _available_blocks() -> dict[int, int]:
+    """pymalloc's free blocks in pools already in use, by block size (from its statistics,
+    which CPython prints to stderr; nothing when pymalloc is not in use)."""
+    if not hasattr(sys, "_debugmallocstats"):
+        return {}
+    saved = os.dup(2)
+    fd = os.memfd_create("mallocstats")
+    try:
+        sys.stderr.flush()
+        os.dup2(fd, 2)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    os.lseek(fd, 0, os.SEEK_SET)
+    with os.fdopen(fd, "r") as f:
+        text = f.read()
+    available: dict[int, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 5 and all(x.isdigit() for x in fields):
+            available[int(fields[1])] = int(fields[4])
+    return available
+
+
+def _filler(size: int, number: int) -> object:
+    """A new object (never a shared constant) that pymalloc serves from blocks of ``size`` bytes."""
+    if size == 16:
+        return object()
+    if size == 32:
+        return (1 << 40) + number  # an int of two 30-bit digits: 32 bytes
+    return bytes(size - 33)  # bytes: 33 bytes of header and terminator, then the data
+
+
+def fill_free_blocks() -> int:
+    """Occupy every free pymalloc block in partly used pools; returns how many were taken.
+
+    A forked shim allocates its new objects into the first free blocks pymalloc finds, which
+    are scattered over pages it shares with the template: each such allocation copies a whole
+    page. With those blocks taken (by objects kept here for the template's life), the shim's
+    allocations go to empty pools and fill their pages densely.
+    """
+    taken = 0
+    for _ in range(2):  # filling frees a few blocks of its own (loop counters, list growth)
+        for size, count in _available_blocks().items():
+            if size < 16 or size > 512 or size % 16:
+                continue  # not a size class this knows how to fill
+            for number in range(count):
+                _FILLERS.append(_filler(size, number))
+            taken += count
+    return taken
 
 
 def run(socket_path: str) -> int:
@@ -104,6 +169,7 @@ def run(socket_path: str) -> int:
     warm_up()
     # Everything made so far is shared with the shims: keep the collector off those pages.
     gc.collect()
+    fill_free_blocks()
     gc.freeze()
     print("ready", flush=True)
     poller = select.poll()

@@ -8,10 +8,11 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 from ctrpy import namespaces
 from ctrpy.errors import InvalidArgument
-from ctrpy.records import AnyValue, Labels, freeze
+from ctrpy.records import EMPTY_LABELS, AnyValue, Labels
 
 # containerd's limit (pkg/labels): a label's key and value together.
 MAX_LABEL_SIZE = 4096
@@ -32,7 +33,10 @@ def dump_labels(labels: Mapping[str, str]) -> str:
 
 
 def load_labels(text: str) -> Labels:
-    return freeze(json.loads(text))
+    """Labels from their column: most rows hold none, and json.loads' dict needs no copy."""
+    if text == "{}":
+        return EMPTY_LABELS
+    return MappingProxyType(json.loads(text))
 
 
 def validate_labels(labels: Mapping[str, str]) -> None:

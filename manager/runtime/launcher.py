@@ -187,7 +187,9 @@ class ShimLauncher:
             reply = await self._spawn(config)
         if "error" in reply:
             raise error_from_message(str(reply["error"]))
-        return await ShimClient.connect(str(reply["address"]), bundle.id, timeout=START_TIMEOUT)
+        # The shim replies once its server is listening, so no Connect round trip is needed:
+        # the channel connects with the first call (Create), which is the next one anyway.
+        return ShimClient(str(reply["address"]), bundle.id)
 
     async def _fork_from_template(self, config: ShimConfig) -> dict[str, Any] | None:
         """The template's reply, or None when there is no usable template."""
