@@ -1,38 +1,61 @@
-"""``python -m bench [--rounds N] [--only CASE ...]``: run the cases and write the report."""
+"""``python -m bench [--quick] [--runs N] [--rounds N] [--only CASE ...]``: run the cases, write the report."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from . import cases_images
-from .harness import Measurement, daemons, write_report
+from . import cases_images, cases_latency, cases_metadata, cases_throughput
+from .harness import Daemons, Measurement, Settings, daemons, progress
+from .report import write_report
 
-CASES = {
+Case = Callable[[Daemons, Settings], list[Measurement]]
+
+CASES: dict[str, Case] = {
+    "run": cases_latency.ctr_run,
+    "api": cases_latency.api_run,
+    "throughput": cases_throughput.throughput,
+    "metadata": cases_metadata.metadata,
     "import": cases_images.image_import,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5, help="runs per daemon for the slow cases")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few runs, few containers")
+    parser.add_argument("--runs", type=int, help="lifecycles per daemon in the latency cases (30)")
+    parser.add_argument("--rounds", type=int, help="rounds per daemon of throughput, metadata, import (3)")
+    parser.add_argument("--containers", type=int, help="containers at once in the throughput case (50)")
+    parser.add_argument("--metadata", type=int, help="containers in the metadata case (1000)")
+    parser.add_argument("--import-mb", type=int, help="size of the imported image (200)")
     parser.add_argument("--only", nargs="*", choices=sorted(CASES), help="run only these cases")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    overrides = {name: getattr(args, name) for name in ("runs", "rounds", "containers", "metadata", "import_mb")}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    # Short: unix socket paths under it must stay within 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="ctrpy-bench-"))
     measurements: list[Measurement] = []
+    began = time.monotonic()
     try:
-        with daemons(work / "daemons") as d:
+        with daemons(work / "d") as d:
+            measurements += cases_throughput.idle(d)
             for name in args.only or list(CASES):
-                print(f"bench: {name} ...", file=sys.stderr, flush=True)
-                measurements += CASES[name](d, work, args.rounds)
+                progress(f"{name} ...")
+                measurements += CASES[name](d, settings)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    report = write_report(measurements)
+    recorded = {**dataclasses.asdict(settings), "cases": " ".join(args.only or CASES),
+                "minutes": round((time.monotonic() - began) / 60, 1)}
+    report = write_report(measurements, recorded)
     print(report.read_text())
     return 0
 

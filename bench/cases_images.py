@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ctrpy.testimage import large_image, write_oci_layout_tar
 
-from .harness import Daemons, Measurement, Target, alternate, timed
+from .harness import Daemons, Measurement, Settings, Target, alternate, timed
+
+LAYERS = 8
 
 
-def image_import(d: Daemons, work: Path, rounds: int, size: int = 200 << 20, layers: int = 8) -> list[Measurement]:
-    archive = work / "large.tar"
+def image_import(d: Daemons, s: Settings) -> list[Measurement]:
+    size = s.import_mb << 20
+    archive = d.work / f"large-{s.import_mb}.tar"
     if not archive.exists():
-        write_oci_layout_tar(large_image(total_bytes=size, layers=layers, name="bench.local/large:1"), archive)
+        write_oci_layout_tar(large_image(total_bytes=size, layers=LAYERS, name="bench.local/large:1"), archive)
 
     def run(which: str, number: int) -> float:
         # A fresh namespace each round: both daemons write and unpack every layer again.
-        namespace = f"bench-import-{number}"
+        namespace = f"{d.namespace}-import-{number}"
         return timed(lambda: d.ctr(which, "images", "import", str(archive), namespace=namespace))
 
     measurement = Measurement(
-        "image import", f"ctr images import, {size >> 20} MB in {layers} layers", "s", target=Target(1.0)
+        "image import", f"ctr images import, {s.import_mb} MB in {LAYERS} layers", "s", target=Target(1.0)
     )
-    return [alternate(rounds, run, measurement)]
+    return [alternate(s.rounds, run, measurement)]

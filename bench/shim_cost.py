@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,6 +48,7 @@ async def measure(
             task = await env.task(f"{mode}{i}", ["sleep", "1000"], start_shim=False)
             t0 = time.perf_counter()
             task.client = await env.launcher.start_shim(task.bundle)
+            await task.client.info()  # the first call, over a channel that connects now
             starts.append((time.perf_counter() - t0) * 1000)
             await task.create(task.stdio())
             await task.shim.start()
@@ -78,9 +80,12 @@ async def main() -> None:
     parser.add_argument("--shims", type=int, default=10)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="shim-cost-"))
-    rootfs = build_rootfs(base / "rootfs")
-    spec = base_spec(base / "spec")
-    results = {mode: await measure(base, rootfs, spec, mode, args.shims) for mode in ("template", "spawn")}
+    try:
+        rootfs = build_rootfs(base / "rootfs")
+        spec = base_spec(base / "spec")
+        results = {mode: await measure(base, rootfs, spec, mode, args.shims) for mode in ("template", "spawn")}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     print(f"| start path | time to serving shim | Private_Dirty | PSS | RSS |  (median of {args.shims})")
     print("|---|---|---|---|---|")
     for mode, r in results.items():
