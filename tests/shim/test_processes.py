@@ -84,7 +84,10 @@ async def test_kill_term_kill_and_all(make_env: Callable[..., Env]) -> None:
         # signal: send it again until the trapped exit happens.
         waiting = asyncio.ensure_future(task.shim.wait())
         for _ in range(100):
-            await task.shim.kill(15)
+            try:
+                await task.shim.kill(15)
+            except NotFound:  # it exited just now
+                break
             done, _ = await asyncio.wait({waiting}, timeout=0.2)
             if done:
                 break
