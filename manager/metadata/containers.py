@@ -112,6 +112,8 @@ class ContainerStore:
             f"SELECT {_COLUMNS} FROM containers WHERE namespace = ? ORDER BY id", (namespace,)
         )
         found = [_from_row(row) for row in rows]
+        if not any(filter_expressions):
+            return found  # no filter: skip building an adaptor per row
         return [
             c
             for c in found
