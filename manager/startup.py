@@ -42,11 +42,30 @@ class Cleaned:
     detail: str
 
 
-def clean_tmpmounts(tmp_root: Path) -> list[Cleaned]:
-    """Unmount and remove every entry of ``tmp_root``; entries that will not go are logged.
+def remove_tmpmount(path: Path) -> str:
+    """Unmount one entry of the tmpmounts directory and remove it; say what was done.
 
-    A directory that still holds files once unmounted is not a mount point of ours and stays.
+    A directory that still holds files once unmounted is not a mount point of ours: it stays,
+    and OSError says why. ``ctrpy doctor --fix`` uses this too.
     """
+    if not os.path.lexists(path):
+        return "already gone"
+    if not (path.is_dir() and not path.is_symlink()):
+        path.unlink()
+        return "removed"
+    was_mounted = bool(mounts.mountpoints_under(path))
+    mounts.unmount_recursive(path, detach=True)
+    if mounts.mountpoints_under(path):
+        raise OSError(f"{path} is still mounted")
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        raise OSError(f"{path} is not an empty mount point: {exc.strerror}") from None
+    return "unmounted and removed" if was_mounted else "removed"
+
+
+def clean_tmpmounts(tmp_root: Path) -> list[Cleaned]:
+    """Unmount and remove every entry of ``tmp_root``; entries that will not go are logged."""
     cleaned: list[Cleaned] = []
     try:
         entries = sorted(os.scandir(tmp_root), key=lambda e: e.name)
@@ -55,14 +74,7 @@ def clean_tmpmounts(tmp_root: Path) -> list[Cleaned]:
     for entry in entries:
         path = Path(entry.path)
         try:
-            if entry.is_dir(follow_symlinks=False):
-                was_mounted = bool(mounts.mountpoints_under(path))
-                mounts.unmount_recursive(path, detach=True)
-                os.rmdir(path)
-                detail = "unmounted and removed" if was_mounted else "removed"
-            else:
-                path.unlink()
-                detail = "removed"
+            detail = remove_tmpmount(path)
         except OSError as exc:
             log.error("temporary mount point left in place", path=str(path), error=str(exc))
             continue

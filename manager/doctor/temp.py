@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ctrpy import mount as mounts
 from ctrpy.snapshotter.fsutil import remove_tree
 
+from .. import startup
 from .model import Check, Finding, Repair, Target
 from .snapshots import TEMP_PREFIXES, local_snapshotters
 
@@ -79,22 +79,8 @@ def repair_remove_temp(target: Target, finding: Finding) -> str:
 
 
 def repair_remove_tmpmount(target: Target, finding: Finding) -> str:
-    """Unmount the temporary mount point and remove it; a directory that still holds files
-    after unmounting is not a mount point's, and is left alone."""
-    path = Path(str(finding.details["path"]))
-    if not os.path.lexists(path):
-        return "already gone"
-    if path.is_dir() and not path.is_symlink():
-        mounts.unmount_recursive(path, detach=True)
-        if mounts.mountpoints_under(path):
-            raise OSError(f"{path} is still mounted")
-        try:
-            os.rmdir(path)
-        except OSError as exc:
-            raise OSError(f"{path} is not an empty mount point: {exc.strerror}") from None
-    else:
-        path.unlink()
-    return "unmounted and removed"
+    """Unmount the temporary mount point and remove it, as ctrpyd's start-up does."""
+    return startup.remove_tmpmount(Path(str(finding.details["path"])))
 
 
 CHECKS: list[tuple[str, Check]] = [
