@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import functools
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from ctrpy.snapshotter.native import NativeSnapshotter
 from ctrpy.snapshotter.overlay import OverlaySnapshotter
 from ctrpy.snapshotter.proxy import ProxySnapshotter
 
-from . import startup
+from . import rootlock, startup
 from .config import Config
 from .content import ContentStore
 from .diff import Limits
@@ -106,20 +105,6 @@ class Services:
         """Report a non-gRPC piece (a store, a snapshotter) in introspection."""
         self.plugins.append(plugin)
 
-
-
-@contextlib.contextmanager
-def _root_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the root, so two ctrpyd never share one store."""
-    fd = os.open(root / "ctrpyd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Unavailable(f"root {root} is in use by another ctrpyd") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _claim_socket(address: Path) -> None:
@@ -196,7 +181,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     _prepare_directories(config)
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(_root_lock(config.root))
+        stack.enter_context(rootlock.holding_root(config.root))
         db = Database(config.root / "meta.db")
         stack.callback(db.close)
         namespace_store = NamespaceStore(db)

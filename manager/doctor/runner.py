@@ -17,8 +17,8 @@ import structlog
 
 from ctrpy.errors import CtrpyError, FailedPrecondition
 
+from ..rootlock import daemon_running, holding_root
 from . import content, snapshots, tasks, temp
-from .lock import daemon_running, holding_root
 from .model import Check, Finding, Outcome, Repair, Report, Target
 
 __all__ = ["CHECKS", "REPAIRS", "examine", "repair", "run"]

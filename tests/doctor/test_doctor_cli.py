@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ctrpy.manager.doctor import lock
+from ctrpy.manager import rootlock as lock
 
 from .conftest import Daemon
 from .helpers import doctor

@@ -1,8 +1,8 @@
-"""Whether a ctrpyd runs on a root, and keeping one from starting while the doctor repairs.
+"""The root's lock: one process at a time changes a root.
 
-ctrpyd holds an exclusive ``flock`` on ``<root>/ctrpyd.lock`` for as long as it runs (see
-``ctrpy.manager.server``). The doctor only probes that lock to report, and holds it itself
-while it repairs, so that a ctrpyd started meanwhile refuses the root instead of racing it.
+ctrpyd holds an exclusive ``flock`` on ``<root>/ctrpyd.lock`` for as long as it serves, so two
+daemons never share one store. ``ctrpy doctor`` probes the same lock to report, and holds it
+itself while it repairs, so that a ctrpyd started meanwhile refuses the root instead of racing it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def daemon_running(root: Path) -> bool:
 
 @contextlib.contextmanager
 def holding_root(root: Path) -> Iterator[None]:
-    """Hold ``<root>/ctrpyd.lock`` for the ``with`` block, as ctrpyd does while it serves.
+    """Hold ``<root>/ctrpyd.lock`` for the ``with`` block (ctrpyd while it serves, the doctor
+    while it repairs).
 
     Raises Unavailable when a ctrpyd (or another doctor) holds it. A root that does not
     exist is left alone (there is nothing there to protect).
@@ -53,7 +54,7 @@ def holding_root(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Unavailable(f"root {root} is in use by a running ctrpyd") from None
+            raise Unavailable(f"root {root} is in use by another ctrpyd (or ctrpy doctor)") from None
         yield
     finally:
         os.close(fd)
