@@ -7,7 +7,7 @@ making sure the problem is still there. :func:`run` ties them together (and refu
 while a ctrpyd serves the root); tests and other tools may call any check or repair directly.
 
 - :mod:`.model`: ``Target``, ``Finding``, ``Outcome``, ``Report``.
-- :mod:`.lock`: is a ctrpyd running on the root; holding the root while repairing.
+- ``ctrpy.manager.rootlock`` (shared with ctrpyd): is a ctrpyd running on the root; holding the root while repairing.
 - :mod:`.procs`: shim and template processes from /proc.
 - :mod:`.tasks`: mounts, bundles, shims, sockets and runtime state under ``<state>``.
 - :mod:`.snapshots`: snapshotter directories and records, and meta.db's snapshot rows.
@@ -17,7 +17,7 @@ while a ctrpyd serves the root); tests and other tools may call any check or rep
 
 Imports point one way: the stores' own modules (``ctrpy.manager.content``,
 ``ctrpy.manager.metadata``, ``ctrpy.manager.runtime``, ``ctrpy.snapshotter``, ``ctrpy.shim``'s
-on-disk contract) <- ``model``, ``lock``, ``procs``, ``sqlite`` <- the check modules <-
+on-disk contract, ``rootlock``) <- ``model``, ``procs``, ``sqlite`` <- the check modules <-
 ``runner``. Nothing here talks to ctrpyd: the doctor works on the files, with or without it.
 """
 
