@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2
 from tests.support.ctrpyd import Daemon
 
 
@@ -44,6 +45,16 @@ def test_namespaces_create_label_ls_rm(daemon: Daemon) -> None:
 def test_namespaces_rm_missing_exits_zero(daemon: Daemon) -> None:
     result = daemon.ctr("namespaces", "rm", "nothere")
     assert result.returncode == 0, result.stderr
+
+
+def test_namespaces_get_missing_answers_empty_labels(daemon: Daemon) -> None:
+    """containerd's Go client (dockerd, nerdctl) reads a namespace's labels before creating
+    it; containerd answers a missing one with its name and no labels, and creates nothing."""
+    with daemon.client() as client:
+        for name in ("moby", "bad/name"):
+            got = client.call(client.namespaces.Get, namespace_pb2.GetNamespaceRequest(name=name))
+            assert got.namespace.name == name and dict(got.namespace.labels) == {}
+    assert daemon.ctr("namespaces", "ls", "-q").stdout.split() == []
 
 
 def test_namespaces_rm_non_empty_is_failed_precondition(daemon: Daemon) -> None:

@@ -36,8 +36,19 @@ class NamespaceStore:
         return Namespace(name=name, labels=load_labels(row[0]))
 
     def get(self, name: str) -> Namespace:
-        identifiers.validate(name)
-        return self._row(self.db.conn, name)
+        """The namespace's labels; a namespace that does not exist has none.
+
+        containerd answers Get for a missing namespace with the name and empty labels (its
+        store reads the labels bucket, and a missing bucket means no labels), and its Go
+        client relies on it: it reads the default-runtime label of a namespace it has not
+        created yet when it connects (dockerd's "moby", for one). Like containerd's, the name
+        is not validated here: a lookup writes nothing, and a name that could never be created
+        simply has no labels.
+        """
+        try:
+            return self._row(self.db.conn, name)
+        except NotFound:
+            return Namespace(name=name, labels=freeze({}))
 
     def list(self, filter_expressions: Sequence[str] = ()) -> list[Namespace]:
         match = filters.parse_all(filter_expressions)

@@ -164,8 +164,9 @@ PLACES: dict[str, Place] = {
     "namespace header": Place(_create_container_in_namespace),
     "namespace name": Place(lambda ctx, v: ctx.client.call(ctx.client.namespaces.Create, namespace_pb2.CreateNamespaceRequest(
         namespace=namespace_pb2.Namespace(name=v)))),
+    # containerd answers any name with empty labels (a lookup that writes nothing).
     "namespace lookup": Place(lambda ctx, v: ctx.client.call(ctx.client.namespaces.Get, namespace_pb2.GetNamespaceRequest(
-        name=v)), kind="lookup"),
+        name=v)), kind="free"),
     "container id": Place(lambda ctx, v: ctx.client.call(ctx.client.containers.Create, containers_pb2.CreateContainerRequest(
         container=_container(v)))),
     "container lookup": Place(lambda ctx, v: ctx.client.call(ctx.client.containers.Delete, containers_pb2.DeleteContainerRequest(
