@@ -15,7 +15,8 @@ The hierarchy, with the gRPC code each maps to::
     ├── NotImplemented          UNIMPLEMENTED
     ├── Aborted                 ABORTED
     ├── Canceled                CANCELLED
-    └── DeadlineExceeded        DEADLINE_EXCEEDED
+    ├── DeadlineExceeded        DEADLINE_EXCEEDED
+    └── ResourceExhausted       RESOURCE_EXHAUSTED (a full disk or quota: see ``diskspace``)
 
 Messages follow containerd's style: the subject first, then the kind after a colon, as in
 ``container "web": not found``. containerd's clients strip that suffix and add it back, so the
@@ -123,6 +124,18 @@ class DeadlineExceeded(CtrpyError):
     suffix = "context deadline exceeded"
 
 
+class ResourceExhausted(CtrpyError):
+    """The filesystem under a store is full, or a disk quota is used up.
+
+    Raised by :func:`ctrpy.diskspace.guard` after what the failed write made has been removed,
+    so the same request may succeed once space is freed. containerd's clients know no such
+    kind: ctr shows the message followed by ``: unknown``.
+    """
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    suffix = "resource exhausted"
+
+
 _BY_CODE: dict[grpc.StatusCode, type[CtrpyError]] = {
     cls.code: cls
     for cls in (
@@ -136,6 +149,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CtrpyError]] = {
         Aborted,
         Canceled,
         DeadlineExceeded,
+        ResourceExhausted,
     )
 }
 

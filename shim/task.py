@@ -30,6 +30,7 @@ from ctrpy import mount as mounts
 from ctrpy.api.containerd.events import task_pb2 as events
 from ctrpy.api.containerd.types import mount_pb2
 from ctrpy.errors import AlreadyExists, CtrpyError, FailedPrecondition, InvalidArgument, NotFound
+from ctrpy.oci.mounts import check_mounts
 
 from . import files
 from .config import ShimConfig
@@ -83,7 +84,7 @@ class Task:
             return self.init
         proc = self.execs.get(exec_id)
         if proc is None:
-            raise NotFound(f'process "{exec_id}"')
+            raise NotFound(f"process does not exist {exec_id}")  # containerd's shim's words
         return proc
 
     def _runtime(self) -> Runc:
@@ -127,6 +128,8 @@ class Task:
                     mounts.mount_all(self.rootfs, rootfs_dir)
                 except OSError as exc:
                     raise CtrpyError(f"failed to mount rootfs component: {exc}") from None
+            # runc resolves mount destinations inside the rootfs: judge them as it will.
+            check_mounts(container_id, spec.get("mounts"), _root_path(bundle, spec))
             pid, early = await self._run_process(proc, create=True)
         except BaseException:
             self.init = None
@@ -381,6 +384,11 @@ class Task:
         proc = self.process(container_id, exec_id)
         check(proc.state, "kill")
         if proc.state is State.STOPPED:
+            if proc.is_init and all_processes:
+                # As containerd's shim: runc signals whatever is left in the container's
+                # cgroup, and a stopped container with nothing left is not an error.
+                await self._runtime().kill(container_id, signal, all_processes=True)
+                return
             raise NotFound("process already finished")
         if proc.is_init:
             await self._runtime().kill(container_id, signal, all_processes=all_processes)
@@ -488,3 +496,13 @@ async def _quietly(job: Awaitable[object]) -> None:
         await job
     except CtrpyError as exc:
         log.warning("%s", exc)
+
+
+def _root_path(bundle: str, spec: dict[str, object]) -> str | None:
+    """The container's root filesystem on the host: the spec's ``root.path``, relative to the
+    bundle unless absolute; None when the spec has none (runc will refuse it)."""
+    root = spec.get("root")
+    path = root.get("path") if isinstance(root, dict) else None
+    if not isinstance(path, str) or not path:
+        return None
+    return os.path.join(bundle, path)

@@ -74,7 +74,12 @@ def copy_tree(source: str | os.PathLike[str], destination: str | os.PathLike[str
     )
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip()
-        raise OSError(errno.EIO, f"copy {os.fspath(source)!r}: {message}")
+        # cp reports a full disk only in words; keep its errno so the caller can tell.
+        code = errno.EIO
+        for number in (errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(number) in message:
+                code = number
+        raise OSError(code, f"copy {os.fspath(source)!r}: {message}")
 
 
 def remove_tree(path: str | os.PathLike[str]) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from ctrpy import diskspace
 from ctrpy.errors import InvalidArgument, NotFound
 from ctrpy.filters import parse_all, snapshot_adaptor
 from ctrpy.mount import Mount
@@ -193,7 +194,11 @@ class LocalSnapshotter:
         # can be handed the same (rolled back) id in between.
         with self._store.lock:
             try:
-                with self._store.transaction(writable=True) as tx:
+                with (
+                    self._store.transaction(writable=True) as tx,
+                    # A full disk: ResourceExhausted, once the except below removed the files.
+                    diskspace.guard(f'creating snapshot "{key}"', self.snapshots_dir),
+                ):
                     # Made under the write lock, so a concurrent cleanup (same lock) never
                     # mistakes it for a crash leftover.
                     building = Path(tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=self.snapshots_dir))

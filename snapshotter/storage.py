@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ctrpy import diskspace
 from ctrpy.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -388,18 +389,22 @@ class MetaStore:
             conn = self._connection()
             if conn.in_transaction:
                 raise RuntimeError("snapshot transactions do not nest")
-            conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN DEFERRED")
-            try:
-                yield Transaction(conn, writable)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT" if writable else "ROLLBACK")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            # A full disk (SQLITE_FULL, ENOSPC from work done in the block) is answered as
+            # ResourceExhausted once rolled back; sqlite may have rolled back already.
+            with diskspace.guard("writing snapshot metadata", self.path):
+                conn.execute("BEGIN IMMEDIATE" if writable else "BEGIN DEFERRED")
+                try:
+                    yield Transaction(conn, writable)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
+                    conn.execute("COMMIT" if writable else "ROLLBACK")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
 
     def close(self) -> None:
         """Close the database; later transactions raise Unavailable. Idempotent."""

@@ -9,10 +9,16 @@ passes through in chunks.
 Resuming: opening a writer for a ref whose ingest exists continues it. The running digest is
 rebuilt by hashing the data already on disk (hashlib states cannot be saved), so a resumed
 writer's :meth:`~Writer.digest` covers every byte written, before and after the resume.
+
+A full disk (ENOSPC, EDQUOT) while writing, recording or committing drops the whole ingest at
+once and raises ResourceExhausted (see :mod:`ctrpy.diskspace`). Keeping it for a resume, as
+containerd does until the client's lease goes, would leave the disk full for the next import;
+and a client resuming after space was freed simply starts again from offset 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -20,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
+from ctrpy import diskspace
 from ctrpy.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 
 from .. import failpoints
@@ -75,7 +82,7 @@ class Writer:
 
     def write(self, data: bytes) -> int:
         """Append ``data`` at the current offset and return the new offset."""
-        with self._mutex:
+        with self._mutex, self._out_of_space("writing"):
             fd = self._open_fd()
             self._append(fd, data)
             return self._state.offset
@@ -86,7 +93,7 @@ class Writer:
         Raises OutOfRange (``write @<offset> must occur at current offset <n>``) otherwise:
         ingests only grow at their end.
         """
-        with self._mutex:
+        with self._mutex, self._out_of_space("writing"):
             fd = self._open_fd()
             if offset != self._state.offset:
                 raise OutOfRange(
@@ -110,7 +117,7 @@ class Writer:
         """Record the size the client now announces (0 leaves it as is); stored with the ingest."""
         if total < 0:
             raise InvalidArgument(f"total {total} must not be negative")
-        with self._mutex:
+        with self._mutex, self._out_of_space("recording the total of"):
             self._open_fd()
             if total and total != self._state.total:
                 ingest.write_meta(self._path, "total", str(total))
@@ -120,7 +127,7 @@ class Writer:
         """Record the digest the client now announces ("" keeps the old); stored with the ingest."""
         if expected:
             digests.validate(expected)
-        with self._mutex:
+        with self._mutex, self._out_of_space("recording the digest of"):
             self._open_fd()
             if expected and expected != self._state.expected:
                 ingest.write_meta(self._path, "expected", expected)
@@ -144,7 +151,7 @@ class Writer:
             raise InvalidArgument(f"commit size {size} must not be negative")
         if expected:
             digests.validate(expected)
-        with self._mutex:
+        with self._mutex, self._out_of_space("committing"):
             fd = self._open_fd()
             self._fd = None
             try:
@@ -155,7 +162,7 @@ class Writer:
     def close(self) -> None:
         """Flush the data, record the update time and release the lock; the ingest stays on disk
         so that a later writer for the same ref resumes it. Closing twice is harmless."""
-        with self._mutex:
+        with self._mutex, self._out_of_space("closing"):
             fd, self._fd = self._fd, None
             if fd is None:
                 return
@@ -163,8 +170,10 @@ class Writer:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-                self._save_updated()
-                self._release()
+                try:
+                    self._save_updated()
+                finally:
+                    self._release()
 
     def __enter__(self) -> Self:
         return self
@@ -181,6 +190,17 @@ class Writer:
             self._release()
 
     # -- internals (the caller holds self._mutex) --
+
+    def _out_of_space(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return diskspace.guard(f'{doing} ingest "{self._state.ref}"', self._path, self._discard)
+
+    def _discard(self) -> None:
+        """Drop the ingest after the disk filled up: close it, release the lock, delete it."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+            self._release()
+        _remove_quietly(self._path)
 
     def _open_fd(self) -> int:
         if self._fd is None:

@@ -31,6 +31,7 @@ from typing import IO, Any, BinaryIO, cast
 
 import structlog
 
+from ctrpy import diskspace
 from ctrpy.errors import InvalidArgument
 
 from .. import failpoints
@@ -426,10 +427,35 @@ def apply_layer(
     ``limits`` (all of them :class:`~ctrpy.errors.InvalidArgument`), and :class:`OSError` when
     the file system fails. What was unpacked before an error stays: apply into a fresh
     directory and discard it on failure.
+
+    The exception is a full disk (ENOSPC, EDQUOT): it raises
+    :class:`~ctrpy.errors.ResourceExhausted`, and a target that was empty when the layer began
+    (an overlay upper directory, the usual case) is emptied again first, so the space comes back
+    even before the client removes its snapshot. A target that held files (a native snapshot's
+    copy of its parent) cannot be told apart from what the layer wrote, and is left to that
+    removal.
     """
     root = os.path.realpath(target_dir)
     if not os.path.isdir(root):
         raise InvalidArgument(f"apply target {str(target_dir)!r} is not a directory")
+    cleanup = None if os.listdir(root) else (lambda: _empty_directory(root))
+    with diskspace.guard(f"applying a layer onto {root}", root, cleanup):
+        return _apply(stream, media_type, root, overlay_upper, parents, limits)
+
+
+def _empty_directory(root: str) -> None:
+    for entry in os.listdir(root):
+        _remove(os.path.join(root, entry))
+
+
+def _apply(
+    stream: BinaryIO,
+    media_type: str,
+    root: str,
+    overlay_upper: bool,
+    parents: Sequence[Path],
+    limits: Limits,
+) -> AppliedLayer:
     layer = LayerStream(stream, media_type, limits.max_uncompressed_bytes)
     applier = _Applier(root, overlay_upper, [os.path.realpath(p) for p in parents])
     entries = 0

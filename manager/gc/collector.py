@@ -13,8 +13,8 @@ The order matters, as in containerd's ``DB.GarbageCollect``:
 4. For each snapshotter that lost rows, run its store's cleanup, which removes backend
    snapshots no row references, children first, and never one still being created.
 5. Abort ingests that no live lease holds and no writer has open: those of the leases that
-   just expired at once, others once nobody wrote to them for :data:`INGEST_EXPIRY`
-   (containerd gives an ingest without a lease a day).
+   just expired or were deleted at once (see ``metadata.ingest_leases``), others once nobody
+   wrote to them for :data:`INGEST_EXPIRY` (containerd gives an ingest without a lease a day).
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ class Collector:
         self.ingest_expiry = ingest_expiry
         #: True while the collector publishes its own delete events (observers may ignore them).
         self.publishing = False
+        # Leased ingests found missing by the last collection: forgotten if still missing now
+        # (two collections in a row, so that one being opened right now is not forgotten).
+        self._leased_missing: frozenset[tuple[str, str]] = frozenset()
 
     async def collect(self) -> CollectionStats:
         """Run one collection (see the module docstring) and say what it removed.
@@ -201,11 +204,16 @@ class Collector:
         cutoff = now - self.ingest_expiry
         removed = 0
         next_expiry: datetime | None = None
+        leased = self.content.leased_ingests.snapshot()
+        present: set[tuple[str, str]] = set()
+        aborted: set[tuple[str, str]] = set()
         for status in store.list_statuses():
             namespace, slash, ref = status.ref.partition("/")
+            present.add((namespace, ref))
             if not slash or (namespace, ref) in live or store.is_locked(status.ref):
                 continue
-            if (namespace, ref) not in released and status.updated_at > cutoff:
+            lease_gone = (namespace, ref) in released or (namespace, ref) in leased
+            if not lease_gone and status.updated_at > cutoff:
                 next_expiry = _earliest(next_expiry, status.updated_at + self.ingest_expiry)
                 continue
             try:
@@ -213,4 +221,8 @@ class Collector:
                 removed += 1
             except NotFound:
                 pass
+            aborted.add((namespace, ref))
+        missing = leased - present - live
+        self.content.leased_ingests.forget(aborted | (missing & self._leased_missing))
+        self._leased_missing = frozenset(missing)
         return removed, next_expiry

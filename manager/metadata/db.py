@@ -45,6 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from ctrpy import diskspace
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -192,10 +194,13 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.commit()
     except BaseException:
-        conn.rollback()
+        # A failed COMMIT (SQLITE_FULL, say) may leave the transaction open, or sqlite may have
+        # rolled it back already: either way none is left open for the next caller.
+        if conn.in_transaction:
+            conn.rollback()
         raise
-    conn.commit()
 
 
 class Database:
@@ -226,8 +231,12 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: committed when the block ends, rolled back when it raises."""
-        with _immediate(self.conn) as conn:
+        """A write transaction: committed when the block ends, rolled back when it raises.
+
+        On a full disk (SQLITE_FULL, or the WAL that cannot grow) it rolls back and raises
+        ResourceExhausted; the database stays usable, and serves reads meanwhile.
+        """
+        with diskspace.guard("writing the metadata database", self.path), _immediate(self.conn) as conn:
             yield conn
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -7,7 +7,9 @@ One interceptor wraps every method handler so that, for the duration of the call
 - both are bound into structlog's context, so log lines carry them;
 - a :class:`ctrpy.errors.CtrpyError` raised inside becomes its gRPC status code and message
   (Python's ``NotImplementedError``, which generated servicers raise for a method they lack,
-  becomes UNIMPLEMENTED); anything else is logged with its traceback and answered with UNKNOWN;
+  becomes UNIMPLEMENTED; a full disk that no store turned into ResourceExhausted becomes
+  RESOURCE_EXHAUSTED all the same); anything else is logged with its traceback and answered
+  with UNKNOWN;
 - a request body that does not decode as the method's message is answered with
   INVALID_ARGUMENT (grpc would answer UNKNOWN, naming a Python exception).
 """
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import structlog
 
-from ctrpy import errors, identifiers, namespaces
+from ctrpy import diskspace, errors, identifiers, namespaces
 from ctrpy.errors import CtrpyError, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -84,6 +86,10 @@ def bounded(message: str) -> str:
 async def _abort(context: Context, error: BaseException, method: str) -> None:
     if isinstance(error, NotImplementedError):
         error = errors.NotImplemented(str(error))
+    if diskspace.is_out_of_space(error):
+        # A full disk the stores did not guard still answers RESOURCE_EXHAUSTED, not UNKNOWN.
+        filename = getattr(error, "filename", None)
+        error = diskspace.exhausted(error, f"serving {method}", filename if isinstance(filename, str) else "/")
     if isinstance(error, CtrpyError):
         log.debug("call failed", method=method, code=error.code.name, error=error.message)
         await context.abort(error.code, bounded(error.message))
