@@ -32,6 +32,14 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
 
     [shim]
     template = true                  # fork shims from a pre-imported template process
+    call_timeout = 30.0              # seconds a shim has to answer a call (Create, Kill, Delete, ...)
+    state_timeout = 2.0              # seconds for State, as Tasks.List/Get ask: a stuck shim's task
+                                     #   then lists as UNKNOWN with pid 0 instead of holding List up
+
+    [transfer]                       # server-side registry pulls (the Transfer service)
+    config_path = ""                 # hosts directory: <host>/hosts.toml, as containerd's (empty: none)
+    max_concurrent_downloads = 3     # layers downloaded at once per pull
+    stall_timeout = 60.0             # seconds without a byte from a registry before a pull fails
 
     [runtimes."io.containerd.runc.v2"]   # runtime name (from the container) -> OCI runtime binary
     binary = "runc"
@@ -44,6 +52,7 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +132,15 @@ class Config:
     diff_max_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     proxy_plugins: dict[str, ProxyPlugin] = field(default_factory=dict)
     shim_template: bool = True
+    # Deadlines of ctrpyd's calls to shims (ShimTimeouts), in seconds.
+    shim_call_timeout: float = 30.0
+    shim_state_timeout: float = 2.0
     gc: GcConfig = field(default_factory=GcConfig)
     runtimes: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RUNTIMES))
+    # [transfer]: registry pulls served by the Transfer service.
+    transfer_config_path: str = ""
+    transfer_max_concurrent_downloads: int = 3
+    transfer_stall_timeout: float = 60.0
 
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
@@ -138,6 +154,34 @@ def _expect(table: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _seconds(table: dict[str, Any], key: str, where: str) -> float:
+    """A positive number of seconds (a whole number is fine); a deadline of 0 would fail every call."""
+    value = table[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    value = _expect({key: value}, key, float, where)
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidArgument(f"config: {where}{key} must be a positive number of seconds")
+    return float(value)
+
+
+def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
+    """The ``[transfer]`` section as Config fields."""
+    if unknown := set(table) - {"config_path", "max_concurrent_downloads", "stall_timeout"}:
+        raise InvalidArgument(f"config: unknown keys in [transfer]: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    if "config_path" in table:
+        values["transfer_config_path"] = _expect(table, "config_path", str, "transfer.")
+    if "max_concurrent_downloads" in table:
+        count = _expect(table, "max_concurrent_downloads", int, "transfer.")
+        if count < 1:
+            raise InvalidArgument("config: transfer.max_concurrent_downloads must be at least 1")
+        values["transfer_max_concurrent_downloads"] = count
+    if "stall_timeout" in table:
+        values["transfer_stall_timeout"] = _seconds(table, "stall_timeout", "transfer.")
+    return values
+
+
 def parse(text: str, base: Config = Config()) -> Config:
     """Apply a TOML document over ``base``. Unknown keys are errors, so typos do not go unseen."""
     try:
@@ -147,6 +191,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     values: dict[str, Any] = {}
     known = {
         "version", "root", "state", "grpc", "log", "snapshotter", "diff", "proxy_plugins", "shim", "runtimes", "gc",
+        "transfer",
     }
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
@@ -191,11 +236,15 @@ def parse(text: str, base: Config = Config()) -> Config:
         values["proxy_plugins"] = proxies
     if "gc" in data:
         values["gc"] = _parse_gc(data["gc"], base.gc)
+    values.update(_parse_transfer(data.get("transfer", {})))
     shim = data.get("shim", {})
-    if unknown := set(shim) - {"template"}:
+    if unknown := set(shim) - {"template", "call_timeout", "state_timeout"}:
         raise InvalidArgument(f"config: unknown keys in [shim]: {sorted(unknown)}")
     if "template" in shim:
         values["shim_template"] = _expect(shim, "template", bool, "shim.")
+    for key in ("call_timeout", "state_timeout"):
+        if key in shim:
+            values[f"shim_{key}"] = _seconds(shim, key, "shim.")
     runtimes = dict(base.runtimes)
     for name, table in data.get("runtimes", {}).items():
         if not isinstance(table, dict) or set(table) != {"binary"} or not isinstance(table["binary"], str):
@@ -248,8 +297,16 @@ def render(config: Config) -> str:
         f"max_uncompressed_bytes = {config.diff_max_uncompressed_bytes}",
         f"max_entries = {config.diff_max_entries}",
     ]
-    lines += ["", "[shim]", f"template = {'true' if config.shim_template else 'false'}"]
+    lines += [
+        "", "[shim]", f"template = {'true' if config.shim_template else 'false'}",
+        f"call_timeout = {config.shim_call_timeout!r}", f"state_timeout = {config.shim_state_timeout!r}",
+    ]  # fmt: skip
     lines += ["", "[gc]", *(f"{key} = {getattr(config.gc, key)!r}" for key in _GC_KEYS)]
+    lines += [
+        "", "[transfer]", f"config_path = {q(config.transfer_config_path)}",
+        f"max_concurrent_downloads = {config.transfer_max_concurrent_downloads}",
+        f"stall_timeout = {config.transfer_stall_timeout!r}",
+    ]  # fmt: skip
     for name, binary in sorted(config.runtimes.items()):
         lines += ["", f"[runtimes.{q(name)}]", f"binary = {q(binary)}"]
     for name, plugin in sorted(config.proxy_plugins.items()):

@@ -309,7 +309,7 @@ def loaded_io(process: task_pb2.Process) -> ProcessIO:
     fifos = cio.FIFOSet.load(config)
     paths = [p for p in config.paths() if p]
     if not paths or not all(cio.is_fifo(p) for p in paths):
-        raise errors.FailedPrecondition(f"task {process.container_id}: its stdio are not FIFOs; nothing to attach to")
+        raise errors.FailedPrecondition(f"task {process.id}: its stdio are not FIFOs; nothing to attach to")
     cio.stdout_flush()
     streams = cio.Streams(stdin=0, stdout=1, stderr=None if config.terminal else 2)
     return ProcessIO(config, fifos, cio.Attached(fifos, streams))

@@ -12,11 +12,22 @@ contract (``ctrpy.shim.files``, ``ctrpy.shim.config``) <- ``bundle``, ``client``
 """
 
 from .bundle import Bundle, bundles
-from .client import ProcessEntry, ProcessState, RawAny, ShimClient, ShimInfo, Stdio, runc_options
+from .client import (
+    DEFAULT_TIMEOUTS,
+    ProcessEntry,
+    ProcessState,
+    RawAny,
+    ShimClient,
+    ShimInfo,
+    ShimTimeouts,
+    Stdio,
+    runc_options,
+)
 from .launcher import ShimLauncher, run_shim_delete
 from .recover import FoundShim, recover
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
     "Bundle",
     "FoundShim",
     "ProcessEntry",
@@ -25,6 +36,7 @@ __all__ = [
     "ShimClient",
     "ShimInfo",
     "ShimLauncher",
+    "ShimTimeouts",
     "Stdio",
     "bundles",
     "recover",

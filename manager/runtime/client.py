@@ -4,10 +4,18 @@ Methods mirror the shim's RPCs, take and return plain values and frozen dataclas
 the ctrpy.errors kind that the shim's status code stands for (``ctrpy.errors.from_grpc``): a
 deleted task is NotFound, a request the task's state forbids is FailedPrecondition, a runtime
 failure carries runc's message. A shim that is gone raises Unavailable.
+
+Every call carries a deadline (:class:`ShimTimeouts`), because a shim can stop answering without
+going away: stopped by SIGSTOP, stuck in the kernel, swapped out. Such a call raises
+DeadlineExceeded with a message that names the shim (task, namespace, pid, address), so the
+caller knows which task is stuck and nothing waits on that shim for longer than its deadline.
+Only Wait has no deadline on its answer, since a process may run for as long as it likes; see
+:meth:`ShimClient.wait` for how a stuck shim still fails it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
@@ -16,22 +24,43 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 from google.protobuf import any_pb2
 
 from ctrpy.api.containerd.types import mount_pb2
 from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
-from ctrpy.errors import Unavailable, from_grpc
+from ctrpy.errors import CtrpyError, DeadlineExceeded, Unavailable, from_grpc
 from ctrpy.mount import Mount
 from ctrpy.shim.files import ExitInfo
 
 T = TypeVar("T")
 
+log = structlog.get_logger("ctrpy.runtime")
+
 PROCESS_SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
-CALL_TIMEOUT = 60.0
+CALL_TIMEOUT = 30.0
+STATE_TIMEOUT = 2.0  # containerd's io.containerd.timeout.task.state
+
+
+@dataclass(frozen=True)
+class ShimTimeouts:
+    """Deadlines, in seconds, for ctrpyd's calls to a shim (ctrpyd's ``[shim]`` configuration).
+
+    ``call`` bounds every call but Wait's answer (Create, Start, Kill, Delete, Pids, ...): long
+    enough for runc under load. ``state`` bounds State, which Tasks.List and Tasks.Get make for
+    every task they show: short, as in containerd, so that one stuck shim shows as UNKNOWN at
+    once instead of holding up the listing.
+    """
+
+    call: float = CALL_TIMEOUT
+    state: float = STATE_TIMEOUT
+
+
+DEFAULT_TIMEOUTS = ShimTimeouts()
 
 
 @dataclass(frozen=True)
@@ -121,20 +150,40 @@ def socket_answers(address: str) -> bool:
 class ShimClient:
     """An asynchronous client for one shim; see the module docstring for errors."""
 
-    def __init__(self, address: str, container_id: str, *, call_timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: str,
+        container_id: str,
+        *,
+        namespace: str = "",
+        shim_pid: int = 0,
+        timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
+    ) -> None:
         self.address = address
         self.id = container_id
-        self.call_timeout = call_timeout
+        self.namespace = namespace
+        self.shim_pid = shim_pid
+        self.timeouts = timeouts
+        self.call_timeout = timeouts.call
         path = socket_path(address)
         self._channel = grpc.aio.insecure_channel(f"unix:{path}")
         self._stub = shim_pb2_grpc.TaskServiceStub(self._channel)
 
     @classmethod
-    async def connect(cls, address: str, container_id: str, *, timeout: float = 2.0) -> ShimClient:
+    async def connect(
+        cls,
+        address: str,
+        container_id: str,
+        *,
+        timeout: float = 2.0,
+        namespace: str = "",
+        shim_pid: int = 0,
+        timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
+    ) -> ShimClient:
         """A client whose shim has answered Connect; raises Unavailable quickly when it is gone."""
         if not os.path.exists(socket_path(address)) or not socket_answers(address):
             raise Unavailable(f'shim for task "{container_id}" at {address}')
-        client = cls(address, container_id)
+        client = cls(address, container_id, namespace=namespace, shim_pid=shim_pid, timeouts=timeouts)
         try:
             await client.info(timeout=timeout)
         except BaseException:
@@ -152,12 +201,26 @@ class ShimClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def describe(self) -> str:
+        """Which shim this is, for messages: task, namespace, pid (when known) and address."""
+        where = [f'namespace "{self.namespace}"'] if self.namespace else []
+        if self.shim_pid:
+            where.append(f"pid {self.shim_pid}")
+        where.append(self.address)
+        return f'shim of task "{self.id}" ({", ".join(where)})'
+
     async def _call(
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = -1.0
     ) -> T:
+        deadline = self.call_timeout if timeout == -1.0 else timeout
         try:
-            return await method(request, timeout=self.call_timeout if timeout == -1.0 else timeout)
+            return await method(request, timeout=deadline)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                name = type(request).__name__.removesuffix("Request")
+                raise DeadlineExceeded(
+                    f"{self.describe()} did not answer {name} within {deadline:g}s"
+                ) from None
             raise from_grpc(exc) from None
 
     async def info(self, *, timeout: float | None = -1.0) -> ShimInfo:
@@ -255,8 +318,37 @@ class ShimClient:
         await self._call(self._stub.Update, request)
 
     async def wait(self, exec_id: str = "") -> ExitInfo:
-        """Wait (without a deadline) until the process exits; returns its exit (pid left 0)."""
-        r = await self._call(self._stub.Wait, pb.WaitRequest(id=self.id, exec_id=exec_id), None)
+        """Wait until the process exits; returns its exit (pid left 0).
+
+        The answer has no deadline: a process may run for as long as it likes. Reaching the
+        shim does: alongside the Wait, a Connect must be answered within the call deadline,
+        else the Wait is given up with DeadlineExceeded (a shim that is stopped or stuck cannot
+        tell when the process exits). A Wait the shim has answered Connect for keeps waiting
+        for as long as the process runs, even if the shim stops answering later: once the shim
+        runs again it reports the exit, and the Wait completes.
+        """
+        request = pb.WaitRequest(id=self.id, exec_id=exec_id)
+        waiting = asyncio.ensure_future(self._call(self._stub.Wait, request, None))
+        probe = asyncio.ensure_future(self.info())
+        try:
+            await asyncio.wait((waiting, probe), return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                try:
+                    await probe
+                    log.debug("shim took the wait", ns=self.namespace, id=self.id, exec_id=exec_id)
+                except DeadlineExceeded:
+                    raise DeadlineExceeded(
+                        f"{self.describe()} did not answer Wait within {self.call_timeout:g}s"
+                    ) from None
+                except CtrpyError:
+                    pass  # the Wait itself says what is wrong (a dead shim, an unknown exec)
+            r = await waiting
+        finally:
+            for job in (waiting, probe):
+                if not job.done():
+                    job.cancel()
+                elif not job.cancelled():
+                    job.exception()  # retrieved: a failure of the other one is not an error
         return ExitInfo(0, r.exit_status, _ns(r.exited_at))
 
     async def stats(self) -> RawAny:
@@ -264,9 +356,12 @@ class ShimClient:
         r = await self._call(self._stub.Stats, pb.StatsRequest(id=self.id))
         return RawAny(r.stats.type_url, r.stats.value)
 
-    async def state(self, exec_id: str = "") -> ProcessState:
-        """Describe one process."""
-        r = await self._call(self._stub.State, pb.StateRequest(id=self.id, exec_id=exec_id))
+    async def state(self, exec_id: str = "", *, deadline: float | None = None) -> ProcessState:
+        """Describe one process, within ``deadline`` seconds (None: the short state deadline of
+        :class:`ShimTimeouts`, for listings; callers that must not mistake a slow shim for a
+        stuck one pass a longer one)."""
+        request = pb.StateRequest(id=self.id, exec_id=exec_id)
+        r = await self._call(self._stub.State, request, self.timeouts.state if deadline is None else deadline)
         return ProcessState(
             id=r.id,
             exec_id=r.exec_id,

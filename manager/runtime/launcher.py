@@ -31,7 +31,7 @@ from ctrpy.shim.config import ShimConfig
 from ctrpy.shim.files import ExitInfo
 
 from .bundle import Bundle
-from .client import ShimClient
+from .client import DEFAULT_TIMEOUTS, ShimClient, ShimTimeouts
 
 log = structlog.get_logger("ctrpy.runtime")
 
@@ -94,7 +94,8 @@ class ShimLauncher:
     """Starts shims for ctrpyd (through the template when it can); see the module docstring.
 
     ``state_dir`` is ctrpyd's state directory (bundles, shim sockets, runc state);
-    ``manager_address`` is ctrpyd's socket, where shims publish task events.
+    ``manager_address`` is ctrpyd's socket, where shims publish task events; ``timeouts`` are
+    the deadlines of the clients it returns.
     """
 
     def __init__(
@@ -105,8 +106,10 @@ class ShimLauncher:
         runtime_binary: str = "runc",
         use_template: bool = True,
         python: str = sys.executable,
+        timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.timeouts = timeouts
         self.manager_address = manager_address
         self.runtime_binary = runtime_binary
         self.use_template = use_template
@@ -189,7 +192,10 @@ class ShimLauncher:
             raise error_from_message(str(reply["error"]))
         # The shim replies once its server is listening, so no Connect round trip is needed:
         # the channel connects with the first call (Create), which is the next one anyway.
-        return ShimClient(str(reply["address"]), bundle.id)
+        return ShimClient(
+            str(reply["address"]), bundle.id, namespace=bundle.namespace,
+            shim_pid=bundle.shim_pid() or 0, timeouts=self.timeouts,
+        )  # fmt: skip
 
     async def _fork_from_template(self, config: ShimConfig) -> dict[str, Any] | None:
         """The template's reply, or None when there is no usable template."""

@@ -19,7 +19,7 @@ from ctrpy.errors import CtrpyError
 from ctrpy.shim.files import ExitInfo
 
 from .bundle import Bundle, bundles
-from .client import ShimClient
+from .client import DEFAULT_TIMEOUTS, ShimClient, ShimTimeouts
 from .launcher import run_shim_delete
 
 log = structlog.get_logger("ctrpy.runtime")
@@ -55,14 +55,23 @@ async def recover(
     runtime_binary: str = "runc",
     connect_timeout: float = CONNECT_TIMEOUT,
     python: str = sys.executable,
+    timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
 ) -> list[FoundShim]:
-    """Reconnect to every live shim under ``state_dir`` and clean up after the dead ones."""
+    """Reconnect to every live shim under ``state_dir`` and clean up after the dead ones.
+
+    A shim that does not answer Connect within ``connect_timeout`` (stopped, stuck) counts as
+    dead, so start-up never waits longer than that on one shim. The clients returned use
+    ``timeouts``.
+    """
     found: list[FoundShim] = []
     for bundle in bundles(state_dir):
         address = bundle.address()
         if address:
             try:
-                client = await ShimClient.connect(address, bundle.id, timeout=connect_timeout)
+                client = await ShimClient.connect(
+                    address, bundle.id, timeout=connect_timeout, namespace=bundle.namespace,
+                    shim_pid=bundle.shim_pid() or 0, timeouts=timeouts,
+                )  # fmt: skip
             except CtrpyError as exc:
                 log.info("shim is gone", namespace=bundle.namespace, id=bundle.id, reason=exc.message)
             else:

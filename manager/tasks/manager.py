@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import posixpath
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,11 +33,12 @@ from pathlib import Path
 import structlog
 from google.protobuf import timestamp_pb2
 
-from ctrpy import identifiers, namespaces
+from ctrpy import namespaces
 from ctrpy.api.containerd.events import task_pb2 as task_events
 from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.errors import AlreadyExists, CtrpyError, InvalidArgument, NotFound, Unavailable
 from ctrpy.mount import Mount
+from ctrpy.oci.mounts import check_mounts
 from ctrpy.records import AnyValue, Container
 from ctrpy.shim.files import ExitInfo
 
@@ -85,28 +85,18 @@ def _spec_bytes(container: Container) -> bytes:
         raise InvalidArgument(f'container "{container.id}": spec has no root.path')
     if not isinstance(spec.get("process"), dict):
         raise InvalidArgument(f'container "{container.id}": spec has no process')
-    _check_mounts(container.id, spec.get("mounts"))
+    # Literally here; the shim checks again, resolved inside the mounted rootfs.
+    check_mounts(container.id, spec.get("mounts"))
     return container.spec.value
 
 
-def _check_mounts(container_id: str, mounts: object) -> None:
-    """Refuse what runc would do but must not: bind-mounting a proc filesystem (the host's
-    ``/proc``) over the container's ``/proc``. runc accepts any procfs as a source there, and
-    the container would then see, and could write to, the host's processes and sysctls."""
-    if mounts is None:
-        return
-    if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
-        raise InvalidArgument(f'container "{container_id}": spec mounts must be a list of objects')
-    for m in mounts:
-        destination = m.get("destination")
-        if not isinstance(destination, str) or posixpath.normpath("/" + destination.lstrip("/")) != "/proc":
-            continue
-        options = m.get("options") or []
-        if m.get("type") != "proc" or any(o in ("bind", "rbind") for o in options if isinstance(o, str)):
-            raise InvalidArgument(
-                f'container "{container_id}": /proc must be a new proc filesystem, '
-                f'not a {m.get("type") or "bind"} mount of {m.get("source")!r}'
-            )
+class TaskNotFound(NotFound):
+    """A container without a task, in containerd's exact words: its tasks service says
+    ``task <id> not found`` without the kind suffix the other errors carry."""
+
+    @property
+    def message(self) -> str:
+        return self.subject
 
 
 class TaskManager:
@@ -131,11 +121,13 @@ class TaskManager:
     # --- lookup ---------------------------------------------------------------------------
 
     def get(self, container_id: str) -> Task:
-        """The task of ``container_id`` in the call's namespace; NotFound when there is none."""
-        key = (namespaces.require(), identifiers.validate(container_id))
-        task = self._tasks.get(key)
+        """The task of ``container_id`` in the call's namespace; NotFound when there is none.
+
+        A lookup does not validate the id (as containerd, which answers NotFound for an id
+        that could never have been created); the words are containerd's."""
+        task = self._tasks.get((namespaces.require(), container_id))
         if task is None:
-            raise NotFound(f"no running task found: task {container_id}")
+            raise TaskNotFound(f"task {container_id} not found")
         return task
 
     def live(self, container_id: str) -> tuple[Task, ShimClient]:
@@ -210,7 +202,14 @@ class TaskManager:
             log.error("cleaning up a failed create", id=bundle.id, error=exc.message)
 
     async def wait(self, container_id: str, exec_id: str = "") -> ExitInfo:
-        """Wait for a process to exit; a shim dying meanwhile ends the wait with its exit."""
+        """Wait for a process to exit; a shim dying meanwhile ends the wait with its exit.
+
+        No deadline bounds the wait itself, but a shim that does not answer within the call
+        deadline when the wait begins (stopped, stuck) fails it with DeadlineExceeded; a wait
+        the shim took keeps waiting while the shim is stuck, and completes with the exit the
+        shim reports once it runs again (:meth:`ShimClient.wait`). Other calls never wait
+        behind it: nothing here is locked.
+        """
         task = self.get(container_id)
         if task.client is not None:
             try:
@@ -368,9 +367,13 @@ class TaskManager:
         finished, or its task was deleted while ctrpyd was down) is shut down and its bundle
         removed. A dead shim leaves a tombstone with the exit from its bundle (else 255), unless
         its bundle never held a task (no init.pid: the create never got that far), which goes.
+        Their exits, now or soon (from shims that queued them while ctrpyd was down), are kept
+        for clients that re-subscribe after the restart (``Exchange.replay_exits``).
         """
         binary = self.runtimes.get("io.containerd.runc.v2", "runc")
-        for found in await recover(self.state_dir, runtime_binary=binary):
+        found_shims = await recover(self.state_dir, runtime_binary=binary, timeouts=self.launcher.timeouts)
+        self.exchange.replay_exits((found.bundle.namespace, found.bundle.id) for found in found_shims)
+        for found in found_shims:
             key = (found.bundle.namespace, found.bundle.id)
             if found.client is not None:
                 await self._adopt(found.bundle, found.client)
@@ -388,7 +391,7 @@ class TaskManager:
         """Take over the task of a live shim found at start-up (see :meth:`recover`)."""
         key = (bundle.namespace, bundle.id)
         try:
-            state = await client.state()
+            state = await client.state(deadline=client.timeouts.call)  # slow is not stuck here
         except NotFound:
             log.info("shim without a task shut down", ns=key[0], id=key[1])
             await self._discard(bundle, client)
