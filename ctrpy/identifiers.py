@@ -14,6 +14,8 @@ from ctrpy.errors import InvalidArgument
 
 MAX_LENGTH = 76
 _PATTERN = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
+# The pattern as containerd's message spells it (the same language, one more group).
+_SHOWN = r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
 
 
 def validate(identifier: str) -> str:
@@ -25,5 +27,5 @@ def validate(identifier: str) -> str:
             f'identifier "{identifier}" greater than maximum length ({MAX_LENGTH} characters)'
         )
     if not _PATTERN.fullmatch(identifier):
-        raise InvalidArgument(f'identifier "{identifier}" must match {_PATTERN.pattern}')
+        raise InvalidArgument(f'identifier "{identifier}" must match {_SHOWN}')
     return identifier

@@ -136,10 +136,10 @@ class OverlaySnapshotter(LocalSnapshotter):
                     options=("ro", "rbind"),
                 )
             ]
-        options: list[str] = []
+        # In containerd's order: index=off first, then the directories.
+        options: list[str] = list(self._extra_options)
         if snapshot.kind == Kind.ACTIVE:
             options.append(f"workdir={self.work_path(snapshot.id)}")
             options.append(f"upperdir={self.fs_path(snapshot.id)}")
         options.append("lowerdir=" + ":".join(str(self.fs_path(p)) for p in parents))
-        options.extend(self._extra_options)
         return [Mount(type="overlay", source="overlay", options=tuple(options))]

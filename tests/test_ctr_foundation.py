@@ -58,10 +58,14 @@ def test_namespaces_get_missing_answers_empty_labels(daemon: Daemon) -> None:
 
 
 def test_namespaces_rm_non_empty_is_failed_precondition(daemon: Daemon) -> None:
-    assert daemon.ctr("leases", "create", "--id", "hold", namespace="busy").returncode == 0
+    # A lease alone does not keep a namespace (containerd deletes it with the namespace)...
+    assert daemon.ctr("leases", "create", "--id", "hold", namespace="gone").returncode == 0
+    assert daemon.ctr("namespaces", "rm", "gone").returncode == 0
+    # ... a snapshot does.
+    assert daemon.ctr("snapshots", "prepare", "k1", namespace="busy").returncode == 0
     result = daemon.ctr("namespaces", "rm", "busy")
     assert result.returncode == 1
-    assert 'namespace "busy" must be empty, but it still has leases' in result.stderr
+    assert 'namespace "busy" must be empty, but it still has snapshots' in result.stderr
     assert "failed precondition" in result.stderr
     assert "busy" in daemon.ctr("namespaces", "ls", "-q").stdout.split()
 

@@ -278,7 +278,7 @@ def test_lease_attachment(daemon: Daemon) -> None:
             call(snapshots.Remove, api.RemoveSnapshotRequest(snapshotter="native", key="v1"), lease="unpack")
             assert held() == {("snapshots/overlayfs", "sha256:aa")}
             # A lease that does not exist: NotFound, and nothing is created anywhere.
-            with pytest.raises(NotFound, match='lease "nope"'):
+            with pytest.raises(NotFound, match="lease does not exist"):
                 call(
                     snapshots.Prepare,
                     api.PrepareSnapshotRequest(snapshotter="overlayfs", key="k2"),

@@ -210,7 +210,8 @@ class WriteSession:
                     self._store.abort(writer.ref)
                 except NotFound:  # aborted by someone else already
                     pass
-                raise AlreadyExists(f"content {request.expected}")
+                # containerd's words for an expected digest named after the first message.
+                raise AlreadyExists(f"blob with expected digest {request.expected} exists")
             writer.set_expected(request.expected)
         if request.total > 0:
             self._total = request.total

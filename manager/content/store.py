@@ -15,12 +15,14 @@ One process owns a content root: the writer locks (one writer per ref) are held 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Generator, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from ctrpy import diskspace
 from ctrpy import filters as filtering
 from ctrpy.errors import InvalidArgument, NotFound
 
@@ -32,6 +34,8 @@ from .writer import Writer, open_writer
 
 #: How long :meth:`ContentStore.writer` waits for a busy ref before raising Unavailable.
 DEFAULT_LOCK_TIMEOUT = 0.5
+#: The file that marks a detached ingest (see :meth:`ContentStore.detach`).
+DETACHED = "detached"
 
 
 class ContentStore:
@@ -107,9 +111,14 @@ class ContentStore:
         key = self._lock_key(ref)
         TABLE.acquire(key, ref, self.lock_timeout)
         try:
-            return open_writer(
-                self.blobs, self.ingest_root, ref, total, expected, lambda: TABLE.release(key)
-            )
+            # A writer takes a detached ingest back (see detach).
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(self.ingest_root / ingest.dirname_for(ref) / DETACHED)
+            # A new ingest that does not fit is never left half-made (ingest.create cleans up).
+            with diskspace.guard(f'opening ingest "{ref}"', self.ingest_root):
+                return open_writer(
+                    self.blobs, self.ingest_root, ref, total, expected, lambda: TABLE.release(key)
+                )
         except BaseException:
             TABLE.release(key)
             raise
@@ -118,8 +127,11 @@ class ContentStore:
         """The progress of the ingest ``ref``. NotFound (``ingest ref "<ref>"``) if there is none
         or it is damaged beyond resuming; InvalidArgument for a bad ref."""
         ingest.validate_ref(ref)
+        path = self.ingest_root / ingest.dirname_for(ref)
         try:
-            return ingest.load(self.ingest_root / ingest.dirname_for(ref), ref).status()
+            if os.path.lexists(path / DETACHED):
+                raise ingest.Broken("detached")
+            return ingest.load(path, ref).status()
         except ingest.Broken:
             raise NotFound(f'ingest ref "{ref}"') from None
 
@@ -129,6 +141,8 @@ class ContentStore:
         matcher = filtering.parse_all(list(filters))
         statuses = []
         for path in self._ingest_dirs():
+            if os.path.lexists(path / DETACHED):
+                continue
             try:
                 status = ingest.load(path).status()
             except ingest.Broken:
@@ -144,10 +158,30 @@ class ContentStore:
         fails with NotFound.
         """
         ingest.validate_ref(ref)
+        path = self.ingest_root / ingest.dirname_for(ref)
         try:
-            ingest.remove(self.ingest_root / ingest.dirname_for(ref))
+            if os.path.lexists(path / DETACHED):
+                raise FileNotFoundError(path)
+            ingest.remove(path)
         except FileNotFoundError:
             raise NotFound(f'ingest ref "{ref}"') from None
+
+    def detach(self, prefix: str) -> None:
+        """Hide the ingests whose ref starts with ``prefix`` from status, listing and abort,
+        keeping their data until a writer opens one again (which resumes it) or a cleanup
+        removes it for its age.
+
+        This is what containerd does when a namespace is deleted: its metadata forgets the
+        namespace's ingests, its local store keeps their data, and a later write with the
+        same ref in a namespace of that name resumes where it stopped."""
+        for path in self._ingest_dirs():
+            try:
+                ref = ingest.load(path).ref
+            except ingest.Broken:
+                continue
+            if ref.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    ingest.write_meta(path, DETACHED, "")
 
     def is_locked(self, ref: str) -> bool:
         """Whether a writer for ``ref`` is open in this process."""

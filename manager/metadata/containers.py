@@ -22,6 +22,7 @@ from .rows import (
     load_labels,
     now_ns,
     to_datetime,
+    validate_label_sizes,
     validate_labels,
 )
 
@@ -73,7 +74,8 @@ def _from_row(row: tuple[object, ...]) -> Container:
 def validate(container: Container) -> None:
     """containerd's checks on a container record (core/metadata/containers.go)."""
     identifiers.validate(container.id)
-    validate_labels(container.labels)
+    # Sizes here; an empty key only after the existence check (see ContainerStore.create).
+    validate_label_sizes(container.labels)
     for key in container.extensions:
         if not key:
             raise InvalidArgument("extension keys must not be zero-length")
@@ -101,8 +103,10 @@ class ContainerStore:
         return _from_row(row)
 
     def get(self, container_id: str) -> Container:
+        # Lookups do not validate the id (nor do update and delete): containerd answers
+        # NotFound for an id that could never have been created, and so does ctrpyd. The id
+        # only ever reaches the database as a parameter.
         namespace = current_namespace()
-        identifiers.validate(container_id)
         return self._get(self.db.conn, namespace, container_id)
 
     def list(self, filter_expressions: Sequence[str] = ()) -> list[Container]:
@@ -133,7 +137,9 @@ class ContainerStore:
                     f"INSERT INTO containers ({_COLUMNS}, namespace) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         container.id,
-                        dump_labels(container.labels),
+                        # containerd stores no label with an empty value (and leaves it out of
+                        # its reply): an empty value is the same as no label.
+                        dump_labels({k: v for k, v in container.labels.items() if v}),
                         container.image,
                         container.runtime.name,
                         *_any_columns(container.runtime.options),
@@ -148,12 +154,16 @@ class ContainerStore:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'container "{container.id}"') from None
+            # containerd meets an empty label key when it writes the labels, after it found
+            # the id free: AlreadyExists wins over it. Raising here rolls the insert back.
+            validate_labels({k: v for k, v in container.labels.items() if v})
             return self._get(conn, namespace, container.id)
 
     def update(self, update: Container, paths: Sequence[str]) -> Container:
         """Apply the masked fields of ``update``; no mask replaces the replaceable fields."""
         namespace = current_namespace()
-        identifiers.validate(update.id)
+        if not update.id:
+            raise InvalidArgument("Container.ID required")
         with self.db.transaction() as conn:
             current = self._get(conn, namespace, update.id)
             if not paths:
@@ -185,6 +195,7 @@ class ContainerStore:
                 else:
                     raise InvalidArgument(f'cannot update "{path}" field on "{update.id}"')
             validate(changed)
+            validate_labels(changed.labels)
             conn.execute(
                 "UPDATE containers SET labels = ?, image = ?, spec_type = ?, spec = ?, snapshot_key = ?,"
                 " extensions = ?, updated_at = ? WHERE namespace = ? AND id = ?",
@@ -203,7 +214,6 @@ class ContainerStore:
 
     def delete(self, container_id: str) -> None:
         namespace = current_namespace()
-        identifiers.validate(container_id)
         with self.db.transaction() as conn:
             cursor = conn.execute(
                 "DELETE FROM containers WHERE namespace = ? AND id = ?", (namespace, container_id)

@@ -37,10 +37,11 @@ import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime
+from types import MappingProxyType
 from typing import BinaryIO
 
 from ctrpy import fieldmask, filters, namespaces
-from ctrpy.errors import AlreadyExists, NotFound, Unavailable
+from ctrpy.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from ctrpy.manager.content import (
     BlobAlreadyExists,
     Committed,
@@ -57,6 +58,7 @@ from ctrpy.records import Labels, LeaseResource, freeze
 
 from . import leases
 from .db import Database
+from .ingest_leases import LeasedIngests
 from .rows import (
     current_namespace,
     dump_labels,
@@ -64,6 +66,7 @@ from .rows import (
     load_labels,
     now_ns,
     to_datetime,
+    validate_label_sizes,
     validate_labels,
 )
 
@@ -108,6 +111,8 @@ class NamespacedContent:
     def __init__(self, db: Database, store: ContentStore) -> None:
         self.db = db
         self.store = store
+        #: Ingests opened under a lease, which the collector aborts once the lease is gone.
+        self.leased_ingests = LeasedIngests()
 
     # -- database thread ------------------------------------------------------------------
 
@@ -145,9 +150,10 @@ class NamespacedContent:
         ``labels`` and ``labels.<key>``; no mask replaces them all). InvalidArgument for another
         path or bad labels, NotFound if the namespace does not hold the blob. Database thread."""
         namespace = current_namespace()
-        fieldmask.CONTENT.validate(paths, digest)
         with self.db.transaction() as conn:
+            # containerd looks the blob up before it reads the mask: NotFound comes first.
             current = self._info(conn, namespace, digest)
+            fieldmask.CONTENT.validate(paths, digest)
             changed = fieldmask.apply_labels(current.labels, labels, paths)
             validate_labels(changed)
             conn.execute(
@@ -234,16 +240,24 @@ class NamespacedContent:
             raise NotFound(f"reference {ref}") from None
         self.db.call(self._unlease_ingest, namespace, namespaces.current_lease.get(), ref)
 
+    def forget_ingests(self, namespace: str) -> None:
+        """After ``namespace`` is deleted: as containerd, whose metadata forgets the namespace's
+        ingests while its store keeps their data, Status, ListStatuses and Abort no longer see
+        them, and a write with the same ref in a namespace of that name resumes one (see
+        :meth:`ContentStore.detach`). Worker thread."""
+        self.store.detach(_ingest_ref(namespace, ""))
+
     def write_session(self) -> ContentWrite:
         """A Content.Write conversation in the call's namespace and lease (see
         :class:`ContentWrite`). Any thread."""
         return ContentWrite(self, current_namespace(), namespaces.current_lease.get())
 
-    def new_blob(self, ref: str = "") -> BlobSink:
+    def new_blob(self, ref: str = "", *, resume: bool = False) -> BlobSink:
         """A file-like sink whose bytes become a blob of the namespace (see :class:`BlobSink`).
 
-        ``ref`` names the ingest (a fresh one when empty; an existing one is started over).
-        Unavailable if another writer holds ``ref``. Worker thread.
+        ``ref`` names the ingest (a fresh one when empty; an existing one is started over,
+        unless ``resume``: then the sink appends at :attr:`BlobSink.offset`, as a registry pull
+        resuming a download does). Unavailable if another writer holds ``ref``. Worker thread.
         """
         namespace = current_namespace()
         lease = namespaces.current_lease.get()
@@ -251,7 +265,7 @@ class NamespacedContent:
         ref = ref or unique_ref()
         writer = self.store.writer(_ingest_ref(namespace, ref))
         try:
-            if writer.status().offset:
+            if writer.status().offset and not resume:
                 writer.truncate(0)
             self.db.call(self._lease_ingest, namespace, lease, ref)
         except BaseException:
@@ -298,9 +312,14 @@ class NamespacedContent:
             return True
 
     def _lease_ingest(self, namespace: str, lease: str | None, ref: str) -> None:
-        if lease:
-            with self.db.transaction() as conn:
+        # Opening an ingest is a write into the namespace: containerd creates the namespace
+        # then (a later Namespaces.Create of it is AlreadyExists), and so does ctrpyd.
+        with self.db.transaction() as conn:
+            ensure_namespace(conn, namespace)
+            if lease:
                 leases.attach(conn, namespace, lease, LeaseResource(ref, _INGESTS))
+        if lease:
+            self.leased_ingests.add(namespace, ref)
 
     def _unlease_ingest(self, namespace: str, lease: str | None, ref: str) -> None:
         if lease:
@@ -318,7 +337,7 @@ class NamespacedContent:
         move the lease's hold from the ingest to the blob. Returns False, changing no row,
         when the namespace held the blob already; then, with ``fill_labels``, the labels it
         lacks are added. Database thread."""
-        validate_labels(committed.labels)
+        validate_labels({k: v for k, v in committed.labels.items() if v})  # stored: non-empty ones
         with self.db.transaction() as conn:
             ensure_namespace(conn, namespace)
             _unlease(conn, namespace, lease, LeaseResource(committed.ref, _INGESTS))
@@ -387,7 +406,17 @@ class ContentWrite:
         a COMMIT of a blob the namespace already holds raises AlreadyExists.
         """
         if request.action == WriteAction.COMMIT and request.labels:
-            validate_labels(request.labels)
+            try:
+                # Sizes here; an empty key fails where containerd's store fails, at the link
+                # after the blob is committed (the ingest is gone then).
+                validate_label_sizes(request.labels)
+            except InvalidArgument:
+                # containerd writes the data before it checks the labels (when it commits):
+                # the ingest keeps the data for a retry.
+                if request.data:
+                    self._session.handle(dataclasses.replace(
+                        request, action=WriteAction.WRITE, labels=MappingProxyType({})))
+                raise
         return self._session.handle(request)
 
     def close(self) -> None:
@@ -433,6 +462,16 @@ class BlobSink:
         self._buffer = bytearray()
         self._committed = False
 
+    @property
+    def offset(self) -> int:
+        """Bytes the blob holds so far (more than 0 for a resumed ingest before any write)."""
+        return self._writer.status().offset + len(self._buffer)
+
+    @property
+    def closed(self) -> bool:
+        """True once committed, closed, or after a failed commit."""
+        return self._committed or self._writer.closed
+
     def write(self, data: bytes, /) -> int:
         """Append ``data``."""
         self._buffer += data
@@ -446,18 +485,19 @@ class BlobSink:
             self._writer.write(bytes(self._buffer))
             self._buffer.clear()
 
-    def commit(self, labels: Mapping[str, str]) -> ContentInfo:
+    def commit(self, labels: Mapping[str, str], expected: str = "") -> ContentInfo:
         """Verify and store the blob, and give the namespace a row for it with ``labels``.
 
         A blob the namespace holds already is kept as it is, and gets those of ``labels`` it
         lacks (containerd's differ does this for its ``containerd.io/uncompressed`` label).
-        InvalidArgument for bad labels.
+        InvalidArgument for bad labels; FailedPrecondition (the ingest kept) when ``expected``
+        is given and the bytes have another digest.
         """
         validate_labels(labels)
         self.flush()
         size = self._writer.status().offset
         try:
-            digest = self._writer.commit()
+            digest = self._writer.commit(expected=expected)
             existed = False
         except BlobAlreadyExists as error:
             digest, existed = error.digest, True

@@ -12,6 +12,7 @@ from ctrpy import fieldmask, filters
 from ctrpy.errors import AlreadyExists, InvalidArgument, NotFound
 from ctrpy.records import Descriptor, Image
 
+from ..content import digests
 from .db import Database
 from .rows import (
     current_namespace,
@@ -20,6 +21,7 @@ from .rows import (
     load_labels,
     now_ns,
     to_datetime,
+    validate_label_sizes,
     validate_labels,
 )
 
@@ -49,14 +51,20 @@ def _from_row(row: tuple[object, ...]) -> Image:
 def validate(image: Image) -> None:
     """containerd's checks on an image record (core/metadata/images.go)."""
     if not image.name:
-        raise InvalidArgument("image name must not be empty")
+        raise InvalidArgument("Image.Name required")
     if "\x00" in image.name:
         raise InvalidArgument(f"image name {image.name!r} must not contain NUL")
-    validate_labels(image.labels)
+    # Sizes here; an empty key only after the existence check (see ImageStore.create).
+    validate_label_sizes(image.labels)
     if not image.target.media_type:
-        raise InvalidArgument("image target media type must not be empty")
+        raise InvalidArgument("Target.MediaType must be set")
+    # containerd validates the digest for its algorithm (a sha256 has 64 hex characters).
     if not _DIGEST.match(image.target.digest):
-        raise InvalidArgument(f'image target digest "{image.target.digest}" is invalid')
+        raise InvalidArgument(f'Target.Digest "{image.target.digest}" invalid: invalid checksum digest format')
+    try:
+        digests.validate(image.target.digest)
+    except InvalidArgument as error:
+        raise InvalidArgument(f'Target.Digest "{image.target.digest}" invalid: {error.subject}') from None
     if image.target.size < 0:
         raise InvalidArgument("image target size must not be negative")
 
@@ -104,7 +112,8 @@ class ImageStore:
                     f"INSERT INTO images ({_COLUMNS}, namespace) VALUES (?,?,?,?,?,?,?,?,?)",
                     (
                         image.name,
-                        dump_labels(image.labels),
+                        # As containerd: a label with an empty value is not stored.
+                        dump_labels({k: v for k, v in image.labels.items() if v}),
                         image.target.media_type,
                         image.target.digest,
                         image.target.size,
@@ -116,11 +125,14 @@ class ImageStore:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'image "{image.name}"') from None
+            validate_labels({k: v for k, v in image.labels.items() if v})  # an empty key, now (rollback)
             return self._get(conn, namespace, image.name)
 
     def update(self, update: Image, paths: Sequence[str]) -> Image:
         """Apply the masked fields of ``update``; no mask replaces labels and target."""
         namespace = current_namespace()
+        if not update.name:
+            raise InvalidArgument("Image.Name required")
         with self.db.transaction() as conn:
             current = self._get(conn, namespace, update.name)
             if not paths:
@@ -149,6 +161,7 @@ class ImageStore:
                     else:
                         raise InvalidArgument(f'cannot update "{path}" field on image "{update.name}"')
             validate(changed)
+            validate_labels(changed.labels)
             conn.execute(
                 "UPDATE images SET labels = ?, target_media_type = ?, target_digest = ?,"
                 " target_size = ?, target_annotations = ?, updated_at = ?"

@@ -11,10 +11,11 @@ import builtins
 import sqlite3
 from collections.abc import Sequence
 
-from ctrpy import filters, identifiers
+from ctrpy import errors, filters, identifiers
 from ctrpy.errors import AlreadyExists, InvalidArgument, NotFound
 from ctrpy.records import Lease, LeaseResource, freeze
 
+from ..content import digests
 from .db import Database
 from .rows import (
     current_namespace,
@@ -23,7 +24,6 @@ from .rows import (
     load_labels,
     now_ns,
     to_datetime,
-    validate_labels,
 )
 
 # containerd's resource types: content blobs, ingests, and snapshots of a named snapshotter.
@@ -46,16 +46,23 @@ def validate_lease_id(lease_id: str) -> str:
 
 
 def validate_resource(resource: LeaseResource) -> None:
+    """containerd's checks, in its order: the type first (a type it does not know is
+    UNIMPLEMENTED), then the id (a content id must be a digest)."""
+    if resource.type not in _RESOURCE_TYPES and not resource.type.startswith(_SNAPSHOT_PREFIX):
+        raise errors.NotImplemented(f"resource type {resource.type} not supported yet")
+    if resource.type == "content":
+        try:
+            digests.validate(resource.id)
+        except InvalidArgument:
+            raise InvalidArgument(f"invalid content resource id {resource.id}: invalid checksum digest format") from None
     if not resource.id:
         raise InvalidArgument("resource id must not be empty")
     if "\x00" in resource.id:
         raise InvalidArgument("resource id must not contain NUL")
-    if resource.type in _RESOURCE_TYPES:
-        return
-    if resource.type.startswith(_SNAPSHOT_PREFIX) and resource.type != _SNAPSHOT_PREFIX:
+    if resource.type.startswith(_SNAPSHOT_PREFIX):
+        # containerd fails "snapshots/" with an UNKNOWN "bucket name required"; ctrpyd
+        # refuses it as the bad argument it is.
         identifiers.validate(resource.type[len(_SNAPSHOT_PREFIX):])
-        return
-    raise InvalidArgument(f'unsupported resource type "{resource.type}"')
 
 
 def attach(conn: sqlite3.Connection, namespace: str, lease_id: str | None, resource: LeaseResource) -> None:
@@ -69,7 +76,7 @@ def attach(conn: sqlite3.Connection, namespace: str, lease_id: str | None, resou
         return
     row = conn.execute("SELECT 1 FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)).fetchone()
     if row is None:
-        raise NotFound(f'lease "{lease_id}"')
+        raise NotFound("lease does not exist")  # containerd's words for a bad lease header
     conn.execute(
         "INSERT OR IGNORE INTO lease_resources (namespace, lease_id, type, resource_id) VALUES (?, ?, ?, ?)",
         (namespace, lease_id, resource.type, resource.id),
@@ -92,7 +99,10 @@ class LeaseStore:
     def create(self, lease_id: str, labels: dict[str, str]) -> Lease:
         namespace = current_namespace()
         validate_lease_id(lease_id)
-        validate_labels(labels)
+        # containerd checks no lease label (not even its size) and stores only those with a
+        # value; an empty key (with a value) fails in its store after the existence check
+        # (UNKNOWN "key required"): InvalidArgument here, in the same place.
+        labels = {key: value for key, value in labels.items() if value}
         stamp = now_ns()
         with self.db.transaction() as conn:
             ensure_namespace(conn, namespace)
@@ -103,11 +113,14 @@ class LeaseStore:
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'lease "{lease_id}"') from None
+            if "" in labels:  # rolls the insert back
+                raise InvalidArgument("label key must not be empty")
         return Lease(id=lease_id, labels=freeze(labels), created_at=to_datetime(stamp))
 
     def delete(self, lease_id: str) -> None:
+        # Lookups (delete, resources) do not validate the id: a lease that could not have
+        # been created is simply not found, as in containerd.
         namespace = current_namespace()
-        validate_lease_id(lease_id)
         with self.db.transaction() as conn:
             cursor = conn.execute(
                 "DELETE FROM leases WHERE namespace = ? AND id = ?", (namespace, lease_id)
@@ -130,17 +143,18 @@ class LeaseStore:
 
     def add_resource(self, lease_id: str, resource: LeaseResource) -> None:
         namespace = current_namespace()
-        validate_lease_id(lease_id)
-        validate_resource(resource)
         with self.db.transaction() as conn:
+            self._require(conn, namespace, lease_id)
+            validate_resource(resource)
             attach(conn, namespace, lease_id, resource)
 
     def delete_resource(self, lease_id: str, resource: LeaseResource) -> None:
         namespace = current_namespace()
-        validate_lease_id(lease_id)
-        validate_resource(resource)
         with self.db.transaction() as conn:
             self._require(conn, namespace, lease_id)
+            if resource.type == _SNAPSHOT_PREFIX:
+                return  # nothing can be held under "snapshots/": containerd deletes nothing, OK
+            validate_resource(resource)
             conn.execute(
                 "DELETE FROM lease_resources WHERE namespace = ? AND lease_id = ? AND type = ?"
                 " AND resource_id = ?",
@@ -149,7 +163,6 @@ class LeaseStore:
 
     def list_resources(self, lease_id: str) -> builtins.list[LeaseResource]:
         namespace = current_namespace()
-        validate_lease_id(lease_id)
         conn = self.db.conn
         self._require(conn, namespace, lease_id)
         rows = conn.execute(

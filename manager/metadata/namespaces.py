@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ctrpy import fieldmask, filters, identifiers
-from ctrpy.errors import AlreadyExists, FailedPrecondition, NotFound
+from ctrpy import filters, identifiers
+from ctrpy.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ctrpy.records import Namespace, freeze
 
 from .db import Database
-from .rows import dump_labels, load_labels, now_ns, validate_labels
+from .rows import dump_labels, ensure_namespace, load_labels, now_ns, validate_label_sizes, validate_labels
 
 # Tables whose rows belong to a namespace, with the word containerd uses in its refusal message.
+# Leases do not keep a namespace: containerd deletes them with it (they live in its bucket).
 _OWNED = (
     ("images", "images"),
     ("content", "blobs"),
     ("containers", "containers"),
-    ("leases", "leases"),
 )
 
 
@@ -28,6 +29,9 @@ class NamespaceStore:
         self.db = db
         # Other stores (snapshots) register here what else keeps a namespace from being deleted.
         self.extra_owners: list[tuple[str, str]] = []
+        # And what they forget of a namespace once it is deleted (content: its ingests); each
+        # is called with the name, on a worker thread, after the deletion.
+        self.deleted_hooks: list[Callable[[str], None]] = []
 
     def _row(self, conn: sqlite3.Connection, name: str) -> Namespace:
         row = conn.execute("SELECT labels FROM namespaces WHERE name = ?", (name,)).fetchone()
@@ -58,29 +62,53 @@ class NamespaceStore:
 
     def create(self, namespace: Namespace) -> Namespace:
         identifiers.validate(namespace.name)
-        validate_labels(namespace.labels)
+        # containerd checks label sizes, then whether the namespace exists, and only then
+        # meets an empty key (in its store): the same order here.
+        validate_label_sizes(namespace.labels)
         stamp = now_ns()
         with self.db.transaction() as conn:
             try:
                 conn.execute(
                     "INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    # Stored as given, empty values too (containerd's Create puts every label).
                     (namespace.name, dump_labels(namespace.labels), stamp, stamp),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'namespace "{namespace.name}"') from None
+            validate_labels(namespace.labels)  # an empty key: rolls the insert back
         return Namespace(name=namespace.name, labels=freeze(namespace.labels))
 
     def update(self, namespace: Namespace, paths: Sequence[str]) -> Namespace:
+        """containerd's rules: the mask takes only ``labels.<key>`` paths (each sets that
+        label, an empty value removes it); no mask clears every label, then sets the
+        request's. Setting any label creates a namespace that does not exist yet."""
         identifiers.validate(namespace.name)
-        fieldmask.validate_paths(paths, fields={"labels"}, kind="namespace", name=namespace.name)
+        for path in paths:  # "labels." (an empty key) too, as containerd
+            if not path.startswith("labels."):
+                raise InvalidArgument(f"cannot update {json.dumps(path, ensure_ascii=False)} field")
         with self.db.transaction() as conn:
-            current = self._row(conn, namespace.name)
-            labels = fieldmask.apply_labels(current.labels, namespace.labels, paths)
-            validate_labels(labels)
-            conn.execute(
-                "UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?",
-                (dump_labels(labels), now_ns(), namespace.name),
-            )
+            try:
+                current = dict(self._row(conn, namespace.name).labels)
+            except NotFound:
+                current = {}
+            if paths:
+                keys = [path[len("labels."):] for path in paths]
+                labels = dict(current)
+            else:
+                keys, labels = list(namespace.labels), {}
+            touched = {key: namespace.labels.get(key, "") for key in keys}
+            validate_labels({key: value for key, value in touched.items() if key or value})
+            for key, value in touched.items():
+                if value:
+                    labels[key] = value
+                else:
+                    labels.pop(key, None)
+            if touched or current:
+                ensure_namespace(conn, namespace.name)
+                conn.execute(
+                    "UPDATE namespaces SET labels = ?, updated_at = ? WHERE name = ?",
+                    (dump_labels(labels), now_ns(), namespace.name),
+                )
         return Namespace(name=namespace.name, labels=freeze(labels))
 
     def delete(self, name: str) -> None:
@@ -96,4 +124,6 @@ class NamespaceStore:
                 raise FailedPrecondition(
                     f'namespace "{name}" must be empty, but it still has {", ".join(in_use)}'
                 )
+            conn.execute("DELETE FROM lease_resources WHERE namespace = ?", (name,))
+            conn.execute("DELETE FROM leases WHERE namespace = ?", (name,))
             conn.execute("DELETE FROM namespaces WHERE name = ?", (name,))

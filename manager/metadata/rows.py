@@ -39,6 +39,16 @@ def load_labels(text: str) -> Labels:
     return MappingProxyType(json.loads(text))
 
 
+def validate_label_sizes(labels: Mapping[str, str]) -> None:
+    """The size half of :func:`validate_labels`, for what containerd checks before it looks
+    an object up; an empty key is refused later, where its store refuses it."""
+    for key, value in labels.items():
+        if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
+            raise InvalidArgument(
+                f"label key and value greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {key[:10]}"
+            )
+
+
 def validate_labels(labels: Mapping[str, str]) -> None:
     """containerd's rule: key and value together at most 4096 bytes, and keys not empty."""
     for key, value in labels.items():

@@ -97,7 +97,7 @@ class SnapshotTables:
     def _require(self, conn: sqlite3.Connection, namespace: str, key: str) -> SnapshotRow:
         row = self._row(conn, namespace, key)
         if row is None:
-            raise NotFound(f'snapshot "{key}"')
+            raise NotFound(f"snapshot {key} does not exist")  # containerd's words
         return row
 
     def _backend_key(self, conn: sqlite3.Connection, namespace: str, key: str) -> str:
@@ -141,12 +141,12 @@ class SnapshotTables:
             if parent:
                 found = self._row(conn, namespace, parent)
                 if found is None:
-                    raise NotFound(f'parent snapshot "{parent}"')
+                    raise NotFound(f"parent snapshot {parent} does not exist")
                 if found.kind != Kind.COMMITTED:
                     raise InvalidArgument(f'parent "{parent}" is not a committed snapshot')
                 backend_parent = found.backend_key
             if lease and not self._lease_exists(conn, namespace, lease):
-                raise NotFound(f'lease "{lease}"')
+                raise NotFound("lease does not exist")  # containerd's words
             return Plan(self._backend_key(conn, namespace, key), backend_parent=backend_parent)
 
     def insert(
@@ -182,7 +182,7 @@ class SnapshotTables:
             except sqlite3.IntegrityError:
                 if self._row(conn, namespace, key) is not None:
                     raise AlreadyExists(f'snapshot "{key}"') from None
-                raise NotFound(f'parent snapshot "{parent}"') from None
+                raise NotFound(f"parent snapshot {parent} does not exist") from None
             leases.attach(conn, namespace, lease, LeaseResource(id=key, type=self.resource_type))
             return self._require(conn, namespace, key)
 
@@ -199,7 +199,7 @@ class SnapshotTables:
             if row.commit_intent is not None:
                 raise FailedPrecondition(f'snapshot "{key}" is being committed')
             if lease and not self._lease_exists(conn, namespace, lease):
-                raise NotFound(f'lease "{lease}"')
+                raise NotFound("lease does not exist")  # containerd's words
             backend_name = self._backend_key(conn, namespace, name)
             intent = {"name": name, "backend_key": backend_name, "labels": dict(labels)}
             conn.execute(

@@ -45,14 +45,14 @@ from typing import Any, TypeVar
 import structlog
 
 from ctrpy import fieldmask, filters, identifiers, namespaces
-from ctrpy.errors import AlreadyExists, CtrpyError, FailedPrecondition, NotFound
+from ctrpy.errors import AlreadyExists, CtrpyError, FailedPrecondition, InvalidArgument, NotFound
 from ctrpy.mount import Mount
 from ctrpy.snapshotter.base import Snapshotter
 from ctrpy.snapshotter.storage import check_key
 from ctrpy.snapshotter.types import Info, Kind, Usage
 
 from .db import Database
-from .rows import validate_labels
+from .rows import validate_label_sizes, validate_labels
 from .snapshot_tables import SnapshotRow, SnapshotTables
 
 __all__ = ["NAMESPACE_OWNER", "SnapshotStore", "inherited_labels"]
@@ -133,6 +133,16 @@ class SnapshotStore:
     async def _row(self, key: str) -> SnapshotRow:
         return await self.db.run(self._tables.get, namespaces.require(), key)
 
+    async def _not_taken(self, key: str) -> None:
+        """AlreadyExists when the namespace has a snapshot ``key``."""
+        if not key:
+            return
+        try:
+            await self._row(key)
+        except NotFound:
+            return
+        raise AlreadyExists(f'snapshot "{key}"')
+
     # --- creating ------------------------------------------------------------------------
 
     async def prepare(
@@ -149,12 +159,21 @@ class SnapshotStore:
         self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None
     ) -> list[Mount]:
         namespace = namespaces.require()
-        check_key(key)
-        if parent:
-            check_key(parent, "parent")
-        clean = _clean_labels(labels)
+        # containerd's order: label sizes, the key taken, the parent missing; only then the
+        # key itself (an empty one fails in its store). Empty label values are not stored.
+        validate_label_sizes(labels or {})
         lease = namespaces.current_lease.get()
-        async with self._lock:
+        async with self._lock:  # (the lookups too: a Remove of the parent waits for them)
+            await self._not_taken(key)
+            if parent:
+                try:
+                    await self._row(parent)
+                except NotFound:
+                    raise NotFound(f"parent snapshot {parent} does not exist") from None
+            check_key(key)
+            if parent:
+                check_key(parent, "parent")
+            clean = _clean_labels({k: v for k, v in (labels or {}).items() if v})
             if (namespace, key) in self._claimed:
                 raise AlreadyExists(f'snapshot "{key}"')
             plan = await self.db.run(self._tables.plan_create, namespace, key, parent, lease)
@@ -190,6 +209,7 @@ class SnapshotStore:
 
     async def _commit(self, name: str, key: str, labels: Mapping[str, str] | None) -> None:
         namespace = namespaces.require()
+        validate_label_sizes(labels or {})  # containerd: label sizes, the key, then the name
         check_key(name, "name")
         check_key(key)
         clean = _clean_labels(labels)
@@ -227,7 +247,7 @@ class SnapshotStore:
 
     async def _remove(self, key: str) -> None:
         namespace = namespaces.require()
-        check_key(key)
+        # No check of the key: like containerd, a key that cannot exist is not found.
         lease = namespaces.current_lease.get()
         async with self._lock:
             if (namespace, key) in self._committing:
@@ -273,7 +293,9 @@ class SnapshotStore:
 
     async def _update(self, info: Info, paths: Sequence[str]) -> Info:
         namespace = namespaces.require()
-        check_key(info.name)
+        if not info.name:
+            raise InvalidArgument()  # containerd's answer: a bare "invalid argument"
+        await self._row(info.name)  # NotFound before a bad mask, as containerd
         fieldmask.SNAPSHOT.validate(paths, info.name)
         before, after = await self.db.run(
             self._tables.update_labels, namespace, info.name, info.labels, list(paths)

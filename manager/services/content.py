@@ -62,7 +62,9 @@ class ContentServicer(api_grpc.ContentServicer):
         self, request: api.ReadContentRequest, context: object
     ) -> AsyncIterator[api.ReadContentResponse]:
         reader = await asyncio.to_thread(self.content.read, request.digest, request.offset, request.size)
-        offset = max(request.offset, 0)
+        # As containerd's: a reply's offset counts from where the read began, not from the
+        # start of the blob.
+        offset = 0
         try:
             while (chunk := await asyncio.to_thread(reader.next_chunk)) is not None:
                 yield api.ReadContentResponse(offset=offset, data=chunk)

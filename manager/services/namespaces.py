@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import empty_pb2
 
+from ctrpy import namespaces
 from ctrpy.api.containerd.events import namespace_pb2 as events_pb2
 from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2 as api
 from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2_grpc as api_grpc
@@ -23,13 +26,17 @@ class NamespacesServicer(api_grpc.NamespacesServicer):
         return api.GetNamespaceResponse(namespace=convert.namespace_to_proto(namespace))
 
     async def List(self, request: api.ListNamespacesRequest, context: object) -> api.ListNamespacesResponse:
-        found = await self.db.run(self.store.list, [request.filter] if request.filter else [])
+        # containerd 1.6 ignores the request's filter and lists every namespace: so does
+        # ctrpyd, so that a client sees the same namespaces (and no error) from both.
+        found = await self.db.run(self.store.list, [])
         return api.ListNamespacesResponse(namespaces=[convert.namespace_to_proto(ns) for ns in found])
 
     async def Create(self, request: api.CreateNamespaceRequest, context: object) -> api.CreateNamespaceResponse:
         created = await self.db.run(self.store.create, convert.namespace_from_proto(request.namespace))
+        # Like containerd, create and update events carry the caller's namespace (the
+        # header's), not the one created or updated; only the delete event names its subject.
         self.events.publish(
-            created.name,
+            namespaces.current.get() or namespaces.DEFAULT,
             "/namespaces/create",
             events_pb2.NamespaceCreate(name=created.name, labels=dict(created.labels)),
         )
@@ -42,14 +49,17 @@ class NamespacesServicer(api_grpc.NamespacesServicer):
             list(request.update_mask.paths),
         )
         self.events.publish(
-            updated.name,
+            namespaces.current.get() or namespaces.DEFAULT,
             "/namespaces/update",
-            events_pb2.NamespaceUpdate(name=updated.name, labels=dict(updated.labels)),
+            # containerd's event carries the request's labels, not the resulting ones.
+            events_pb2.NamespaceUpdate(name=updated.name, labels=dict(request.namespace.labels)),
         )
         return api.UpdateNamespaceResponse(namespace=convert.namespace_to_proto(updated))
 
     async def Delete(self, request: api.DeleteNamespaceRequest, context: object) -> empty_pb2.Empty:
         await self.db.run(self.store.delete, request.name)
+        for hook in self.store.deleted_hooks:
+            await asyncio.to_thread(hook, request.name)
         # containerd stamps the delete event with the namespace that was deleted.
         self.events.publish(request.name, "/namespaces/delete", events_pb2.NamespaceDelete(name=request.name))
         return empty_pb2.Empty()

@@ -211,17 +211,22 @@ def test_a_deep_chain_is_swept_leaf_first() -> None:
     assert snapshots == [f"s{number:02}" for number in reversed(range(30))]
 
 
+# Digests as the stores accept them (containerd validates image targets and content
+# resources of leases).
+AA, BB = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
 def test_mark_and_sweep_over_a_real_database(tmp_path: Path) -> None:
     db = Database(tmp_path / "meta.db")
     try:
         with namespaces.using("ns"):
-            db.call(ImageStore(db).create, Image("img", Descriptor("application/x", "sha256:aa", 1)))
+            db.call(ImageStore(db).create, Image("img", Descriptor("application/x", AA, 1)))
             db.call(LeaseStore(db).create, "old", {gclabels.EXPIRE: "2000-01-01T00:00:00Z"})
-            db.call(LeaseStore(db).add_resource, "old", LeaseResource("sha256:bb", "content"))
+            db.call(LeaseStore(db).add_resource, "old", LeaseResource(BB, "content"))
 
         def populate() -> None:
             with db.transaction() as conn:
-                for ns, digest in (("ns", "sha256:aa"), ("ns", "sha256:bb"), ("other", "sha256:bb")):
+                for ns, digest in (("ns", AA), ("ns", BB), ("other", BB)):
                     conn.execute("INSERT OR IGNORE INTO namespaces VALUES (?, '{}', 0, 0)", (ns,))
                     conn.execute("INSERT INTO content VALUES (?, ?, '{}', 0, 0)", (ns, digest))
                 conn.execute(
@@ -240,10 +245,10 @@ def test_mark_and_sweep_over_a_real_database(tmp_path: Path) -> None:
             return swept.content, [r.key for r in swept.snapshots], swept.leases, unheld
 
         content, snapshots, leases, unheld = db.call(collect)
-        assert content == [("ns", "sha256:bb"), ("other", "sha256:bb")]
+        assert content == [("ns", BB), ("other", BB)]
         assert snapshots == ["c", "p"]
         assert leases == [("ns", "old")]
-        assert unheld == ["sha256:bb"]
+        assert unheld == [BB]
 
         def remaining() -> tuple[list[tuple[str, str]], int, int]:
             conn = db.conn
@@ -252,6 +257,6 @@ def test_mark_and_sweep_over_a_real_database(tmp_path: Path) -> None:
             resource_count = conn.execute("SELECT count(*) FROM lease_resources").fetchone()[0]
             return rows, snapshot_count, resource_count
 
-        assert db.call(remaining) == ([("ns", "sha256:aa")], 0, 0)
+        assert db.call(remaining) == ([("ns", AA)], 0, 0)
     finally:
         db.close()

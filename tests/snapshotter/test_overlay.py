@@ -48,14 +48,14 @@ def test_mount_shapes(harness: Harness) -> None:
         Mount(
             "overlay",
             "overlay",
-            options=(f"workdir={work}", f"upperdir={_fs(h, 4)}", f"lowerdir={_fs(h, 1)}", *index),
+            options=(*index, f"workdir={work}", f"upperdir={_fs(h, 4)}", f"lowerdir={_fs(h, 1)}"),
         )
     ]
     sn.commit("l2", "a2")
     assert sn.view("v2", "l2") == [
-        Mount("overlay", "overlay", options=(f"lowerdir={_fs(h, 4)}:{_fs(h, 1)}", *index))
+        Mount("overlay", "overlay", options=(*index, f"lowerdir={_fs(h, 4)}:{_fs(h, 1)}"))
     ]
-    assert sn.prepare("a3", "l2")[0].options[2] == f"lowerdir={_fs(h, 4)}:{_fs(h, 1)}"
+    assert sn.prepare("a3", "l2")[0].options[-1] == f"lowerdir={_fs(h, 4)}:{_fs(h, 1)}"
 
 
 def test_stock_mount_command_can_mount(harness: Harness) -> None:
