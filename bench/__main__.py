@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cases_images, cases_latency, cases_metadata, cases_throughput
+from . import cases_docker, cases_images, cases_latency, cases_metadata, cases_pull, cases_throughput
 from .harness import Daemons, Measurement, Settings, daemons, progress
 from .report import write_report
 
@@ -23,6 +23,8 @@ CASES: dict[str, Case] = {
     "throughput": cases_throughput.throughput,
     "metadata": cases_metadata.metadata,
     "import": cases_images.image_import,
+    "pull": cases_pull.registry_pull,
+    "docker": cases_docker.docker_run,
 }
 
 

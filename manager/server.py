@@ -34,7 +34,9 @@ from ctrpy.api.containerd.services.introspection.v1 import introspection_pb2, in
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from ctrpy.api.containerd.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
 from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from ctrpy.api.containerd.services.streaming.v1 import streaming_pb2, streaming_pb2_grpc
 from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from ctrpy.api.containerd.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from ctrpy.api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from ctrpy.errors import CtrpyError, Unavailable
 from ctrpy.snapshotter.base import Snapshotter
@@ -57,7 +59,7 @@ from .metadata.namespaces import NamespaceStore
 from .metadata.server_info import server_uuid
 from .metadata.snapshots import NAMESPACE_OWNER as SNAPSHOTS_OWNER
 from .metadata.snapshots import SnapshotStore
-from .runtime import ShimLauncher
+from .runtime import ShimLauncher, ShimTimeouts
 from .services.containers import ContainersServicer
 from .services.content import ContentServicer
 from .services.diff import DiffServicer
@@ -68,9 +70,12 @@ from .services.introspection import IntrospectionServicer, Plugin
 from .services.leases import LeasesServicer
 from .services.namespaces import NamespacesServicer
 from .services.snapshots import SnapshotsServicer
+from .services.streaming import StreamingServicer
 from .services.tasks import TasksServicer
+from .services.transfer import TransferServicer
 from .services.version import VersionServicer
 from .tasks.manager import TaskManager
+from .transfer import StreamManager, Transfers, TransferSettings
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +166,25 @@ async def _snapshotters(
     return stores
 
 
+async def _transfer(
+    config: Config, db: Database, content: NamespacedContent, snapshot_stores: dict[str, SnapshotStore],
+    exchange: Exchange, limits: Limits, services: Services, stack: contextlib.AsyncExitStack,
+) -> None:
+    """Serve Transfer (registry pulls and pushes) and Streaming (its progress and credential
+    streams). The registry client is built at the first transfer (see manager/transfer/lazy.py)."""
+    settings = TransferSettings(config.default_snapshotter, config.transfer_config_path,
+                                config.transfer_max_concurrent_downloads, config.transfer_stall_timeout)
+    transfers = Transfers(db=db, content=content, snapshots=snapshot_stores, events=exchange,
+                          tmp_root=config.root / "tmpmounts", limits=limits, settings=settings)
+    stack.push_async_callback(transfers.aclose)
+    streams = StreamManager()
+    services.add("streaming", StreamingServicer(streams), streaming_pb2_grpc.add_StreamingServicer_to_server,
+                 streaming_pb2.DESCRIPTOR.services_by_name["Streaming"], requires=())
+    services.add("transfer", TransferServicer(transfers, streams), transfer_pb2_grpc.add_TransferServicer_to_server,
+                 transfer_pb2.DESCRIPTOR.services_by_name["Transfer"],
+                 requires=("io.containerd.content.v1", "io.containerd.metadata.v1"))
+
+
 def _host_arch() -> str:
     """The machine's architecture in Go's spelling, as containerd reports platforms.
 
@@ -216,6 +240,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add("leases", LeasesServicer(db, LeaseStore(db), gc_scheduler), leases_pb2_grpc.add_LeasesServicer_to_server,
                      leases_pb2.DESCRIPTOR.services_by_name["Leases"])
         content = NamespacedContent(db, ContentStore(config.root))
+        namespace_store.deleted_hooks.append(content.forget_ingests)
         await asyncio.to_thread(startup.clean, content.store, config.root / "tmpmounts")  # after a crash
         services.add_plugin(
             Plugin("io.containerd.content.v1", "content", exports={"root": str(content.store.path)})
@@ -240,9 +265,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
                      snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
                      requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
+        await _transfer(config, db, content, snapshot_stores, exchange, limits, services, stack)
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
-        launcher = ShimLauncher(config.state, str(config.address), use_template=config.shim_template)
+        launcher = ShimLauncher(
+            config.state, str(config.address), use_template=config.shim_template,
+            timeouts=ShimTimeouts(config.shim_call_timeout, config.shim_state_timeout),
+        )  # fmt: skip
         await launcher.start()
         stack.push_async_callback(launcher.close)
         task_manager = TaskManager(config.state, launcher, exchange, dict(config.runtimes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import getpass
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -16,12 +17,13 @@ from ctrpy import images as lib
 from ctrpy.api.containerd.services.images.v1 import images_pb2 as api
 from ctrpy.client import Client
 from ctrpy.errors import CtrpyError, InvalidArgument, NotFound
-from ctrpy.images import platforms, store
+from ctrpy.images import platforms, store, transfer
 from ctrpy.images.model import Descriptor, Image
 
 from . import output
 from .common import verb, verbs
 from .progress import ImportProgress, human_bytes
+from .pullprogress import PullProgress
 
 Command = Callable[[Client, argparse.Namespace], int]
 
@@ -218,6 +220,65 @@ def unmount(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def pull(client: Client, args: argparse.Namespace) -> int:
+    """``ctrpy images pull REF``: the daemon pulls (Transfer service), ctr 2.x's default."""
+    if args.platform and args.all_platforms:
+        raise InvalidArgument("cannot specify both --platform and --all-platforms")
+    chosen = transfer.platforms_to_pull([platforms.parse(p) for p in args.platform], args.all_platforms,
+                                        platforms.default_spec())
+    options = transfer.PullOptions(
+        platforms=chosen.platforms, unpack=chosen.unpack, snapshotter=args.snapshotter or "",
+        plain_http=args.plain_http, hosts_dir=args.hosts_dir, user=_user(args.user),
+    )  # fmt: skip
+    progress = PullProgress(quiet=args.format == "json")
+    try:
+        if args.local:
+            from .localpull import pull_local  # lazily: httpx is needed only here
+
+            pull_local(client, args.ref, options, progress)
+        else:
+            transfer.pull(client, args.ref, options, progress)
+    finally:
+        progress.close()
+    image = store.get(client, args.ref)
+    if args.format == "json":
+        output.emit_json(image_dict(image))
+    else:
+        print(f"{image.name}: {image.target.digest}")
+    return 0
+
+
+def push(client: Client, args: argparse.Namespace) -> int:
+    """``ctrpy images push REF [LOCAL]``: the daemon pushes its image LOCAL (default REF) to REF."""
+    options = transfer.PullOptions(
+        platforms=tuple(platforms.parse(p) for p in args.platform), plain_http=args.plain_http,
+        hosts_dir=args.hosts_dir, user=_user(args.user),
+    )  # fmt: skip
+    progress = PullProgress(quiet=args.format == "json")
+    try:
+        transfer.push(client, args.ref, options, progress, name=args.local_ref or args.ref)
+    finally:
+        progress.close()
+    if args.format == "json":
+        output.emit_json({"name": args.local_ref or args.ref, "pushed": args.ref})
+    return 0
+
+
+def _user(user: str | None) -> str:
+    """``--user``: ``USER:PASSWORD`` as given; ``USER`` alone asks for the password on a
+    terminal, as ctr does (and means an empty one elsewhere)."""
+    if not user or ":" in user or not sys.stdin.isatty():
+        return user or ""
+    return f"{user}:{getpass.getpass('Password: ')}"
+
+
+def _registry_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plain-http", action="store_true", help="plain HTTP for hosts without configuration")
+    parser.add_argument("--user", "-u", default=None, metavar="USER[:PASSWORD]", help="registry credentials")
+    parser.add_argument("--hosts-dir", default="", metavar="DIR",
+                        help="registry host configuration (<host>/hosts.toml), read by the daemon")
+
+
 def _snapshotter(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshotter", default=None,
                         help="snapshotter name (env CTRPY_SNAPSHOTTER, else the namespace default, else overlayfs)")
@@ -248,6 +309,21 @@ def register(nouns: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     _platform(parser, "import content for this platform (default: the host's)")
     parser.add_argument("--no-unpack", action="store_true", help="do not unpack the images")
     _snapshotter(parser)
+
+    parser = verb(group, "pull", "pull an image from a registry (the daemon does it)", pull)
+    parser.add_argument("ref", metavar="REF", help="a full reference, e.g. docker.io/library/busybox:latest")
+    _registry_flags(parser)
+    parser.add_argument("--all-platforms", action="store_true", help="pull every platform of an index")
+    _platform(parser, "pull this platform of an index (default: the host's)")
+    parser.add_argument("--local", action="store_true",
+                        help="pull in the client, as ctr 1.6 does (for daemons without the Transfer service)")
+    _snapshotter(parser)
+
+    parser = verb(group, "push", "push an image to a registry (the daemon does it)", push)
+    parser.add_argument("ref", metavar="REF", help="where to push, e.g. registry.example/app:1")
+    parser.add_argument("local_ref", metavar="LOCAL", nargs="?", default="", help="the image to push (default: REF)")
+    _registry_flags(parser)
+    _platform(parser, "push only this platform of an index (default: every platform held)")
 
     parser = verb(group, "export", "export images as an OCI layout tar", export)
     parser.add_argument("out", metavar="OUT", help="the tar to write, or - for stdout")

@@ -3,8 +3,10 @@
 isort:skip_file
 Wire-compatible with containerd's api/types/platform.proto (package containerd.types)."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -28,6 +30,7 @@ class Platform(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
     VARIANT_FIELD_NUMBER: _builtins.int
     OS_VERSION_FIELD_NUMBER: _builtins.int
+    OS_FEATURES_FIELD_NUMBER: _builtins.int
     os: _builtins.str
     """Operating system, for example "linux"."""
     architecture: _builtins.str
@@ -36,6 +39,10 @@ class Platform(_message.Message):
     """Optional CPU variant, for example "v7" or "v8"."""
     os_version: _builtins.str
     """Optional operating system version (used by Windows images)."""
+    @_builtins.property
+    def os_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional operating system features (used by Windows images)."""
+
     def __init__(
         self,
         *,
@@ -43,10 +50,11 @@ class Platform(_message.Message):
         architecture: _builtins.str = ...,
         variant: _builtins.str = ...,
         os_version: _builtins.str = ...,
+        os_features: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "os", b"os", "os_version", b"os_version", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "os", b"os", "os_features", b"os_features", "os_version", b"os_version", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
