@@ -449,11 +449,12 @@ class Task:
             proc.io.close_stdin()
 
     def resize(self, container_id: str, exec_id: str, width: int, height: int) -> None:
-        """Set the window size of the process's pty."""
+        """Set the window size of the process's pty; a process without one has nothing to
+        resize, and (as with containerd's shim) that is not an error."""
         proc = self.process(container_id, exec_id)
         check(proc.state, "resize")
         if proc.io is None or not proc.stdio.terminal:
-            raise FailedPrecondition(f'process "{proc.id}" has no terminal')
+            return
         proc.io.resize(width, height)
 
     async def close(self) -> None:

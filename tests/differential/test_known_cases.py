@@ -434,6 +434,16 @@ def test_kill_all_of_an_exited_task_succeeds(tasks: Tasks) -> None:
     tasks.same("Delete", tk.DeleteTaskRequest(container_id=cid))
 
 
+def test_resize_of_a_task_without_a_terminal_is_a_no_op(tasks: Tasks) -> None:
+    cid = tasks.task("r")
+    tasks.same("ResizePty", tk.ResizePtyRequest(container_id=cid, width=80, height=24))
+    tasks.same("Start", tk.StartRequest(container_id=cid))
+    tasks.same("ResizePty", tk.ResizePtyRequest(container_id=cid, width=100, height=30))
+    tasks.same("Kill", tk.KillRequest(container_id=cid, signal=9))
+    tasks.same("Wait", tk.WaitRequest(container_id=cid), timeout=30)
+    tasks.same("Delete", tk.DeleteTaskRequest(container_id=cid))
+
+
 def _lookups(cid: str) -> list[tuple[str, Any]]:
     """Every task call that names a container, with what else it needs to get that far."""
     resources = any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
