@@ -118,8 +118,13 @@ class _Stream:
         self.close()
 
     def close(self) -> None:
+        """Cancel the stream and wait for its thread: a thread still inside a gRPC call when
+        the interpreter exits can hang grpc's shutdown (seen once under load, after a failed
+        pull had printed its error)."""
         self._outgoing.put(_END)
         self._call.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5.0)
 
 
 def _progress_handler(report: Callable[[Progress], None]) -> Callable[[_Stream, any_pb2.Any], None]:
