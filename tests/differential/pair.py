@@ -353,6 +353,12 @@ class Pair:
         self.ctrpy.close()
 
 
+def sorted_statuses(reply: Any) -> Any:
+    """Content.ListStatuses in a stable order: containerd lists its ingest directories in the
+    order the filesystem returns them, which is no order at all."""
+    return {**reply, "statuses": sorted(reply.get("statuses", []), key=repr)}
+
+
 def _drop(value: Any, keys: set[str]) -> Any:
     if isinstance(value, dict):
         return {k: _drop(v, keys) for k, v in value.items() if k not in keys}

@@ -31,7 +31,7 @@ from tests.differential.machine import (
     mask,
     masks,
 )
-from tests.differential.pair import Pair
+from tests.differential.pair import Pair, sorted_statuses
 
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 RUNTIMES = ["io.containerd.runc.v2", "", "rt"]
@@ -287,7 +287,7 @@ class MetadataMachine(DiffMachine):
     @rule(flt=filters, ns=st.integers(0, 1))
     def content_list_statuses(self, flt: list[str], ns: int) -> None:
         self.call("content", "ListStatuses", cn.ListStatusesRequest(filters=flt), self.ns(ns),
-                  keep=_sorted_statuses)
+                  keep=sorted_statuses)
 
     @rule(ref=refs, ns=st.integers(0, 1))
     def content_abort(self, ref: str, ns: int) -> None:
@@ -307,10 +307,6 @@ class MetadataMachine(DiffMachine):
 
 def _sorted_leases(reply: Any) -> Any:
     return {**reply, "leases": sorted(reply.get("leases", []), key=repr)}
-
-
-def _sorted_statuses(reply: Any) -> Any:
-    return {**reply, "statuses": sorted(reply.get("statuses", []), key=repr)}
 
 
 def _flat_infos(reply: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -176,6 +177,21 @@ class TaskMachine(DiffMachine):
     def list_pids(self, i: int) -> None:
         self.tcall("ListPids", tk.ListPidsRequest(container_id=self.cid(i)),
                    keep=lambda reply: len(reply.get("processes", [])) if isinstance(reply, dict) else reply)
+
+    def _compare_events(self) -> None:
+        """containerd's shim publishes an exit through a separate process, so it may reach the
+        subscriber after Wait returned and after the closing marker: give the exits a few
+        seconds to arrive on both sides before comparing."""
+        assert self.subscribers is not None
+        subscribers = self.subscribers
+
+        def exits(envelopes: list[Any]) -> int:
+            return sum(1 for e in envelopes if e.get("topic") == "/tasks/exit")
+
+        deadline = time.monotonic() + 5.0
+        while len({exits(sub.envelopes) for sub in subscribers}) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        super()._compare_events()
 
     def event_view(self, envelope: dict[str, Any]) -> Any:
         view = super().event_view(envelope)
