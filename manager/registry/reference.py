@@ -40,12 +40,7 @@ class ImageRef:
         return ImageRef(self.host, self.repository, self.tag, digest)
 
     def __str__(self) -> str:
-        text = self.name
-        if self.tag:
-            text += ":" + self.tag
-        if self.digest:
-            text += "@" + self.digest
-        return text
+        return str(grammar.Reference(self.host, self.repository, self.tag, self.digest))
 
 
 def parse(text: str) -> ImageRef:

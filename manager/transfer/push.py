@@ -38,9 +38,6 @@ from .pull import DISTRIBUTION_SOURCE, ProgressFn
 
 log = structlog.get_logger(__name__)
 
-#: Largest document (manifest, index) read into memory for a push.
-MAX_DOCUMENT = 4 << 20
-
 
 class Pusher:
     """Pushes images for the Transfer service."""
@@ -121,6 +118,6 @@ class Pusher:
         return True
 
     async def _document(self, desc: Descriptor) -> bytes:
-        if desc.size > MAX_DOCUMENT:
+        if desc.size > self.session.options.max_document:
             raise FailedPrecondition(f"{desc.digest}: a document of {desc.size} bytes is too large to push")
         return bytes(b"".join([chunk async for chunk in self._chunks(desc.digest)()]))

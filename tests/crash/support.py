@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2
 from ctrpy.client import Client
 from ctrpy.manager import failpoints
 from tests.support.ctrpyd import Daemon
+from tests.support.polling import wait_until as wait_until  # re-exported for the crash tests
 
 IMAGE = "docker.io/library/busybox:latest"
 RUNC_FAULT = Path(__file__).resolve().parent.parent / "faults" / "runc-fault"
@@ -40,18 +40,6 @@ WAIT = 30.0
 def exit_when(path: str, status: int) -> list[str]:
     """argv for a container process that exits with ``status`` once ``path`` exists."""
     return ["sh", "-c", f"until [ -e {path} ]; do usleep 20000; done; exit {status}"]
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``predicate`` until it returns something true; fail the test with ``what`` if it never does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,7 @@ mount under the directory lazily unmounted, the directory removed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -29,7 +30,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from ctrpy.testimage import busybox_image
 from ctrpy.testimage.archive import write_docker_archive
 from tests.crash.support import kill_and_wait, mounts_under, processes_naming, remove_cgroups
 from tests.support.ctrpyd import Daemon
+from tests.support.polling import wait_until
 
 DOCKERD = "/usr/sbin/dockerd"
 # Always the Debian client: another docker may come first on PATH.
@@ -58,16 +60,8 @@ class DockerFailed(RuntimeError):
     """A docker command that had to succeed did not; the message has its output."""
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0, interval: float = 0.1) -> object:
-    """Poll ``predicate()`` until it returns something true; raise AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+#: Polls for docker's side of things: a minute, as dockerd reacts slowly under load.
+wait_for = functools.partial(wait_until, timeout=60.0, interval=0.1)
 
 
 class DockerEngine:
