@@ -74,6 +74,13 @@ def parse(text: str) -> dict[str, int]:
 _armed: dict[str, int] = parse(os.environ.get(ENV, ""))
 _seen: dict[str, int] = {}
 _lock = threading.Lock()  # hits come from the event loop and from worker threads
+_also: list[int] = []  # processes that die with this one (a helper's daemon)
+
+
+def die_with(pid: int) -> None:
+    """Make a failpoint in this helper process (an unpack worker) kill ``pid`` too, first: the
+    point is named for ctrpyd, and ctrpyd is what a test expects to see die."""
+    _also.append(pid)
 
 
 def armed() -> frozenset[str]:
@@ -93,8 +100,12 @@ def hit(name: str) -> None:
 
 def _die(name: str) -> None:
     pid = os.getpid()
-    try:
-        os.write(2, f"ctrpy failpoint {name}: killing pid {pid}\n".encode())
-    except OSError:
-        pass
-    os.kill(pid, signal.SIGKILL)
+    for victim in [*_also, pid]:
+        try:
+            os.write(2, f"ctrpy failpoint {name}: killing pid {victim}\n".encode())
+        except OSError:
+            pass
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -12,14 +12,15 @@ import argparse
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctrpy.client import Client
 from ctrpy.errors import CtrpyError, FailedPrecondition, Unavailable
-from ctrpy.manager import config as configuration
-from ctrpy.manager.doctor import Finding, Report, Target, run
 
 from . import output
+
+if TYPE_CHECKING:  # the doctor's library is imported when it runs: other commands start faster
+    from ctrpy.manager.doctor import Finding, Report, Target
 
 USAGE_ERROR = 2
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
@@ -27,6 +28,9 @@ DEFAULT_RUNTIME = "io.containerd.runc.v2"
 
 def _target(args: argparse.Namespace) -> Target:
     """The directories to examine: flags over the config file over ctrpyd's defaults."""
+    from ctrpy.manager import config as configuration
+    from ctrpy.manager.doctor import Target
+
     config = configuration.load(args.config) if args.config else configuration.Config()
     config = config.with_overrides(root=args.root, state=args.state)
     if args.stale_after <= 0:
@@ -102,6 +106,8 @@ def doctor(client: Client, args: argparse.Namespace) -> int:
     except (CtrpyError, OSError, ValueError) as exc:
         print(f"ctrpy doctor: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    from ctrpy.manager.doctor import run
+
     try:
         report = run(target, fix=args.fix)
     except (FailedPrecondition, Unavailable) as exc:

@@ -17,7 +17,7 @@ import gzip
 import hashlib
 import importlib
 import zlib
-from typing import IO, Any, BinaryIO, Literal, Protocol, cast
+from typing import Any, BinaryIO, Literal, Protocol
 
 from ctrpy import errors
 from ctrpy.errors import InvalidArgument
@@ -76,6 +76,7 @@ LAYER_MEDIA_TYPES = _PLAIN | _DETECTED
 _GZIP_MAGIC = b"\x1f\x8b\x08"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 16
+_GZIP_READ = 1 << 20  # compressed bytes taken from the source at a time
 
 Compression = Literal["gzip"] | None
 
@@ -124,6 +125,49 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
+class _GzipReader:
+    """Gzip members, one after another, decompressed with zlib in large pieces.
+
+    ``gzip.GzipFile`` reads its source 8 KiB at a time and computes the CRC in Python-called
+    steps: on a layer of hundreds of MiB that is most of the unpack. zlib itself checks each
+    member's CRC and length (``wbits=31``); a stream that ends inside a member is an error, as
+    in Go's reader; after a member comes another member or zero padding, nothing else.
+    """
+
+    def __init__(self, source: _Reader) -> None:
+        self._source = source
+        self._zlib = zlib.decompressobj(31)
+        self._input = b""  # compressed bytes not yet given to zlib
+        self._ended = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size is None or size < 0:
+            parts = []
+            while chunk := self.read(_GZIP_READ):
+                parts.append(chunk)
+            return b"".join(parts)
+        while not self._ended:
+            if not self._input:
+                self._input = self._source.read(_GZIP_READ)
+                if not self._input:
+                    if self._zlib.eof:
+                        self._ended = True
+                        break
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            if self._zlib.eof:  # a member ended: zero padding (as Python's gzip allows), or the next
+                self._input = self._input.lstrip(b"\0")
+                if not self._input:
+                    continue
+                if not self._input.startswith(b"\x1f\x8b"[: len(self._input)]):
+                    raise zlib.error("trailing garbage after the last gzip member")
+                self._zlib = zlib.decompressobj(31)
+            data = self._zlib.decompress(self._input, size)
+            self._input = self._zlib.unconsumed_tail or self._zlib.unused_data
+            if data:
+                return data
+        return b""
+
+
 def _decompressor(stream: BinaryIO, media_type: str) -> _Reader:
     if media_type in _PLAIN:
         return stream
@@ -132,7 +176,7 @@ def _decompressor(stream: BinaryIO, media_type: str) -> _Reader:
     magic = _read_exactly(stream, len(_ZSTD_MAGIC))
     source = _Prefixed(magic, stream)
     if magic.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=cast(IO[bytes], source), mode="rb")
+        return _GzipReader(source)
     if magic == _ZSTD_MAGIC:
         try:
             zstandard: Any = importlib.import_module("zstandard")

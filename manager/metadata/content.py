@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO
 
@@ -207,6 +208,15 @@ class NamespacedContent:
             return self.store.reader(digest)
         except NotFound:
             raise not_found(digest) from None
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob ``digest`` lies, for a reader in another process (which must be done
+        before the blob can be collected: a lease holds it). NotFound if the namespace does not
+        hold it. Worker thread."""
+        self.db.call(self.require, digest)
+        if not self.store.blobs.exists(digest):
+            raise not_found(digest)
+        return self.store.blobs.path_for(digest)
 
     def status(self, ref: str) -> IngestStatus:
         """The progress of the namespace's ingest ``ref``. NotFound if there is none.
