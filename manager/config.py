@@ -40,6 +40,7 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     config_path = ""                 # hosts directory: <host>/hosts.toml, as containerd's (empty: none)
     max_concurrent_downloads = 3     # layers downloaded at once per pull
     stall_timeout = 60.0             # seconds without a byte from a registry before a pull fails
+    credentials_file = ""            # docker config.json for requests without credentials (empty: none)
 
     [runtimes."io.containerd.runc.v2"]   # runtime name (from the container) -> OCI runtime binary
     binary = "runc"
@@ -141,6 +142,7 @@ class Config:
     transfer_config_path: str = ""
     transfer_max_concurrent_downloads: int = 3
     transfer_stall_timeout: float = 60.0
+    transfer_credentials_file: str = ""
 
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
@@ -167,7 +169,7 @@ def _seconds(table: dict[str, Any], key: str, where: str) -> float:
 
 def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
     """The ``[transfer]`` section as Config fields."""
-    if unknown := set(table) - {"config_path", "max_concurrent_downloads", "stall_timeout"}:
+    if unknown := set(table) - {"config_path", "max_concurrent_downloads", "stall_timeout", "credentials_file"}:
         raise InvalidArgument(f"config: unknown keys in [transfer]: {sorted(unknown)}")
     values: dict[str, Any] = {}
     if "config_path" in table:
@@ -179,6 +181,8 @@ def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
         values["transfer_max_concurrent_downloads"] = count
     if "stall_timeout" in table:
         values["transfer_stall_timeout"] = _seconds(table, "stall_timeout", "transfer.")
+    if "credentials_file" in table:
+        values["transfer_credentials_file"] = _expect(table, "credentials_file", str, "transfer.")
     return values
 
 
@@ -306,6 +310,7 @@ def render(config: Config) -> str:
         "", "[transfer]", f"config_path = {q(config.transfer_config_path)}",
         f"max_concurrent_downloads = {config.transfer_max_concurrent_downloads}",
         f"stall_timeout = {config.transfer_stall_timeout!r}",
+        f"credentials_file = {q(config.transfer_credentials_file)}",
     ]  # fmt: skip
     for name, binary in sorted(config.runtimes.items()):
         lines += ["", f"[runtimes.{q(name)}]", f"binary = {q(binary)}"]

@@ -19,6 +19,7 @@ A daemon makes one :class:`Session` and closes it at shutdown; each pull or push
 """
 
 from ctrpy.manager.registry.auth import (
+    AskingCredentialSource,
     Authorizer,
     Challenge,
     Credentials,
@@ -35,6 +36,7 @@ from ctrpy.manager.registry.errors import (
     RegistryUnavailable,
     TooLarge,
     Unauthorized,
+    UntrustedCertificate,
 )
 from ctrpy.manager.registry.hosts import Capability, Endpoint, endpoints
 from ctrpy.manager.registry.manifests import ImagePlan, plan, select
@@ -44,9 +46,9 @@ from ctrpy.manager.registry.remote import Remote, Resolved
 from ctrpy.manager.registry.session import Options, Session
 
 __all__ = [
-    "Authorizer", "Capability", "Challenge", "CredentialSource", "Credentials", "DigestMismatch",
+    "AskingCredentialSource", "Authorizer", "Capability", "Challenge", "CredentialSource", "Credentials", "DigestMismatch",
     "DockerConfigCredentials", "Endpoint", "ImagePlan", "ImageRef", "NoCredentials", "Options",
     "RegistryStalled", "RegistryUnavailable", "Remote", "Resolved", "Session", "StaticCredentials",
-    "TooLarge", "Unauthorized", "Uploaded", "blob_exists", "endpoints", "parse", "parse_challenges",
+    "TooLarge", "Unauthorized", "UntrustedCertificate", "Uploaded", "blob_exists", "endpoints", "parse", "parse_challenges",
     "parse_user", "plan", "put_manifest", "select", "upload_blob",
 ]

@@ -10,12 +10,17 @@ A registry says how it wants to be addressed in ``WWW-Authenticate`` on a 401:
 :class:`Authorizer` remembers the last challenge of each host, so that later requests carry the
 right header from the start instead of collecting a 401 each, and caches tokens per (realm,
 service, scopes, user) until shortly before they expire. Credentials come from a
-:class:`CredentialSource`: fixed ones given with the request (``--user``), or a docker
-``config.json`` (``auths`` with a base64 ``auth`` or ``username``/``password``).
+:class:`CredentialSource`: fixed ones given with the request (``--user``), a docker
+``config.json`` (``auths`` with a base64 ``auth``, ``username``/``password`` or an
+``identitytoken``), or a source that asks someone per host (:class:`AskingCredentialSource`: the
+client of a transfer, over its auth stream). Credentials with an empty username are a refresh
+token (an identity token): a bearer realm is then asked with containerd's OAuth form (``POST``,
+``grant_type=refresh_token``) instead of ``GET`` with basic credentials.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -24,14 +29,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
+import structlog
 
 from ctrpy.errors import InvalidArgument
 from ctrpy.manager.registry.errors import Unauthorized
 
+log = structlog.get_logger(__name__)
+
 DOCKER_INDEX_KEY = "https://index.docker.io/v1/"
+#: The ``client_id`` sent with an OAuth token request (containerd sends ``containerd-client``).
+OAUTH_CLIENT_ID = "ctrpy-client"
+#: (file, host) pairs already warned about a credential helper (once per daemon, not per request).
+_WARNED: set[tuple[str, str]] = set()
 DEFAULT_TOKEN_LIFETIME = 60.0
 # A token is dropped this long before the registry would reject it, so a request sent with it
 # does not die in flight.
@@ -94,6 +106,10 @@ class Credentials:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
+    def describe(self) -> str:
+        """Who these credentials present as, for error messages (never the secret)."""
+        return f"as {self.username!r}" if self.username else "with a refresh token"
+
     def __repr__(self) -> str:  # never print a secret into a log
         return f"Credentials(username={self.username!r}, password=***)"
 
@@ -112,6 +128,16 @@ class CredentialSource(Protocol):
     def lookup(self, host: str) -> Credentials | None:
         """The credentials for ``host``, or None to go anonymous. Must not block on I/O for long:
         it is called inside the request loop."""
+        ...
+
+
+@runtime_checkable
+class AskingCredentialSource(CredentialSource, Protocol):
+    """A source that has to ask (over the network, say) before it knows a host's credentials:
+    :meth:`fetch` asks once per host; :meth:`lookup` then answers from what was fetched."""
+
+    async def fetch(self, host: str) -> Credentials | None:
+        """The credentials for ``host`` (asked for at the first call, remembered after)."""
         ...
 
 
@@ -147,9 +173,13 @@ def _auth_key(key: str) -> str:
 class DockerConfigCredentials:
     """Credentials read from a docker ``config.json`` (its ``auths`` section). Credential
     helpers (``credsStore``, ``credHelpers``) are not run: a daemon must not exec what a user's
-    file names."""
+    file names. They are remembered in ``helpers`` (host -> helper, ``*`` for ``credsStore``) so
+    that a lookup for a host only a helper knows says so in the log instead of silently going
+    anonymous."""
 
     entries: Mapping[str, Credentials]
+    helpers: Mapping[str, str] = field(default_factory=dict)
+    where: str = "config.json"
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DockerConfigCredentials:
@@ -176,10 +206,24 @@ class DockerConfigCredentials:
             creds = _entry_credentials(entry, f"{where}: auths[{key!r}]")
             if creds is not None:
                 entries[_auth_key(key)] = creds
-        return cls(entries)
+        helpers: dict[str, str] = {}
+        store = doc.get("credsStore")
+        if isinstance(store, str) and store:
+            helpers["*"] = store
+        per_host = doc.get("credHelpers", {})
+        if isinstance(per_host, dict):
+            helpers.update({_auth_key(k): v for k, v in per_host.items() if isinstance(v, str) and v})
+        return cls(entries, helpers, where)
 
     def lookup(self, host: str) -> Credentials | None:
-        return self.entries.get(host)
+        found = self.entries.get(host)
+        if found is None:
+            helper = self.helpers.get(host) or self.helpers.get("*")
+            if helper is not None and (self.where, host) not in _WARNED:
+                _WARNED.add((self.where, host))
+                log.warning("credentials kept by a credential helper are not used: ctrpyd does not run "
+                            "credential helpers", host=host, helper=f"docker-credential-{helper}", file=self.where)
+        return found
 
 
 def _entry_credentials(entry: Mapping[str, object], where: str) -> Credentials | None:
@@ -196,8 +240,11 @@ def _entry_credentials(entry: Mapping[str, object], where: str) -> Credentials |
     username, password = entry.get("username"), entry.get("password")
     if isinstance(username, str) and username and isinstance(password, str):
         return Credentials(username, password)
-    # An ``identitytoken`` is a refresh token for the OAuth token flow, which this client does
-    # not speak yet: such an entry counts as no credentials rather than as wrong ones.
+    # An ``identitytoken`` is a refresh token for the OAuth token flow (docker login writes one
+    # for registries that hand them out): an empty username marks it, as in containerd.
+    token = entry.get("identitytoken")
+    if isinstance(token, str) and token:
+        return Credentials("", token)
     return None
 
 
@@ -223,11 +270,25 @@ class Authorizer:
         self._credentials: CredentialSource = credentials or NoCredentials()
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, str, tuple[str, ...], str], _Token] = {}
+        # One fetch per token key at a time: concurrent requests (the blobs of a push, pulls of
+        # one image) wait for the first one's token instead of each asking the realm.
+        self._fetching: dict[tuple[str, str, tuple[str, ...], str], tuple[asyncio.Lock, list[int]]] = {}
         self._clock = clock
 
     def credentials(self, host: str) -> Credentials | None:
-        """The credentials for ``host`` (for error messages and the 401 decision)."""
+        """The credentials known for ``host`` (for error messages)."""
         return self._credentials.lookup(host)
+
+    async def ask(self, host: str, upstream: str) -> Credentials | None:
+        """The credentials for a request to ``host`` on behalf of registry ``upstream`` (a
+        mirror's own first, then the upstream's), asking an :class:`AskingCredentialSource`
+        for each host at most once."""
+        source = self._credentials
+        for name in dict.fromkeys((host, upstream)):
+            found = await source.fetch(name) if isinstance(source, AskingCredentialSource) else source.lookup(name)
+            if found is not None:
+                return found
+        return None
 
     def learn(self, host: str, header_values: Sequence[str]) -> Challenge | None:
         """Record the challenge a 401 from ``host`` carried; returns the one used (bearer over
@@ -251,9 +312,10 @@ class Authorizer:
         challenge = self._challenges.get(host)
         if challenge is None:
             return None
-        creds = self._credentials.lookup(host) or self._credentials.lookup(upstream)
+        creds = await self.ask(host, upstream)
         if challenge.scheme == "basic":
-            return creds.basic_header() if creds else None
+            # A refresh token (no username) means nothing to basic auth.
+            return creds.basic_header() if creds and creds.username else None
         token = await self._token(http, host, challenge, scopes, creds)
         return f"Bearer {token}"
 
@@ -272,23 +334,44 @@ class Authorizer:
         if not realm.startswith(("https://", "http://")):
             raise Unauthorized(f"registry {host}: bearer challenge without a usable realm ({realm!r})")
         service = challenge.params.get("service", "")
-        wanted = sorted(set(scopes))
-        key = (realm, service, tuple(wanted), creds.username if creds else "")
-        now = self._clock()
+        wanted = merge_scopes(scopes)
+        key = (realm, service, tuple(wanted), (creds.username or "\0refresh") if creds else "")
         cached = self._tokens.get(key)
-        if cached is not None and cached.expires > now:
+        if cached is not None and cached.expires > self._clock():
             return cached.value
+        lock, users = self._fetching.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                cached = self._tokens.get(key)
+                if cached is not None and cached.expires > self._clock():
+                    return cached.value
+                return await self._fetch(http, host, key, realm, service, wanted, creds)
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._fetching[key]
+
+    async def _fetch(self, http: httpx.AsyncClient, host: str, key: tuple[str, str, tuple[str, ...], str],
+                     realm: str, service: str, wanted: list[str], creds: Credentials | None) -> str:
+        now = self._clock()
         params: list[tuple[str, str | int | float | bool | None]] = []
         if service:
             params.append(("service", service))
         params += [("scope", scope) for scope in wanted]
-        headers = {"Authorization": creds.basic_header()} if creds else {}
         try:
-            response = await http.get(realm, params=params, headers=headers)
+            if creds is not None and not creds.username:
+                # A refresh token: containerd's OAuth form (FetchTokenWithOAuth).
+                form = {"grant_type": "refresh_token", "refresh_token": creds.password, "service": service,
+                        "client_id": OAUTH_CLIENT_ID, "scope": " ".join(wanted)}
+                response = await http.post(realm, data=form)
+            else:
+                headers = {"Authorization": creds.basic_header()} if creds else {}
+                response = await http.get(realm, params=params, headers=headers)
         except httpx.HTTPError as error:
             raise Unauthorized(f"registry {host}: token realm {realm} failed: {error!r}") from error
         if response.status_code in (401, 403):
-            who = f"as {creds.username!r}" if creds else "anonymously"
+            who = creds.describe() if creds else "anonymously"
             raise Unauthorized(f"registry {host}: token realm {realm} refused {who} "
                                f"({response.status_code})")
         if response.status_code != 200:
@@ -305,6 +388,23 @@ class Authorizer:
             lifetime = DEFAULT_TOKEN_LIFETIME
         self._tokens[key] = _Token(token, now + max(float(lifetime) - EXPIRY_MARGIN, 1.0))
         return token
+
+
+def merge_scopes(scopes: Sequence[str]) -> list[str]:
+    """``scopes`` with the actions of each resource merged and sorted, as containerd sends them
+    (``repository:a:pull`` and ``repository:a:pull,push`` are ``repository:a:pull,push``): what
+    a registry's challenge adds to what the client asked for must not make a second token for
+    the same access. Scopes that are not ``type:name:actions`` are kept as they are."""
+    merged: dict[str, set[str]] = {}
+    other: set[str] = set()
+    for scope in scopes:
+        resource, colon, actions = scope.rpartition(":")
+        if not colon or ":" not in resource or not actions:
+            other.add(scope)
+            continue
+        merged.setdefault(resource, set()).update(a for a in actions.split(",") if a)
+    out = [f"{resource}:{','.join(sorted(actions))}" for resource, actions in merged.items()]
+    return sorted([*out, *other])
 
 
 def repository_scope(repository: str, *actions: str) -> str:

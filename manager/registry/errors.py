@@ -5,6 +5,7 @@ upstream registry and a token realm, and the user needs to know which one failed
 (``manager/services/edge.py``) translates them like any other kind::
 
     Unauthorized      FailedPrecondition  the registry (or token realm) refused the credentials
+    UntrustedCertificate  FailedPrecondition  the registry's TLS certificate does not verify
     DigestMismatch    FailedPrecondition  bytes received do not hash to the digest asked for
     TooLarge          OutOfRange          a manifest or config bigger than the client accepts
     RegistryStalled   DeadlineExceeded    no bytes arrived for ``stall_timeout`` seconds
@@ -20,6 +21,12 @@ from ctrpy.errors import DeadlineExceeded, FailedPrecondition, OutOfRange, Unava
 class Unauthorized(FailedPrecondition):
     """Raised when a registry answers 401/403 after the client offered what credentials it has,
     or when a token realm refuses to issue a token."""
+
+
+class UntrustedCertificate(FailedPrecondition):
+    """Raised when a registry's TLS certificate does not verify (unknown CA, wrong name,
+    expired). Not retried: only configuration (``ca`` or ``skip_verify`` in its hosts.toml)
+    changes the outcome, so the message says so instead of reporting an unavailable registry."""
 
 
 class DigestMismatch(FailedPrecondition):

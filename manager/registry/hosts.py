@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ctrpy.errors import InvalidArgument
+from ctrpy.manager.registry.debug import HttpTap
 
 DEFAULT_DOCKER_HOST = "registry-1.docker.io"
 DEFAULT_DIR = "_default"
@@ -75,6 +76,8 @@ class Endpoint:
     ca_files: tuple[str, ...] = ()
     client_pairs: tuple[tuple[str, str], ...] = ()
     headers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: _EMPTY_HEADERS)
+    #: HTTP debugging asked for by the request (not configuration: see :mod:`.debug`).
+    tap: HttpTap | None = field(default=None, compare=False, repr=False)
 
     @property
     def root(self) -> str:

@@ -10,7 +10,7 @@ into the content store) knowing every descriptor and holding every small documen
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -31,6 +31,34 @@ def select(entries: Sequence[Descriptor], matcher: Matcher | None) -> list[Descr
         return list(entries)
     fitting = [d for d in entries if d.platform is None or matcher.match(d.platform)]
     return platforms.best_first(matcher, fitting)[:1]
+
+
+def select_each(entries: Sequence[Descriptor], wanted: Sequence[Platform], limit: int = 0) -> list[Descriptor]:
+    """The entries of an index a transfer pull follows (containerd's transfer image store
+    filter): with no ``wanted`` platform every entry; otherwise the best entry for each wanted
+    platform (once each, in the order of ``wanted``; containerd's ``SelectManifestsPerPlatform``)
+    and the entries without a platform (their configs decide). With ``limit`` > 0, at most that
+    many, preferred platforms first and entries without a platform last (containerd's
+    ``LimitManifests``: ``ImageStore.manifest_limit``)."""
+    if wanted:
+        chosen: list[Descriptor] = []
+        for platform in wanted:
+            best = select(entries, platforms.only(platform))
+            if best and best[0].platform is not None and best[0] not in chosen:
+                chosen.append(best[0])
+        kept = [d for d in entries if d in chosen or d.platform is None]
+        kept.sort(key=lambda d: chosen.index(d) if d in chosen else len(chosen))
+    else:
+        kept = list(entries)
+    return limit_entries(kept, platforms.ordered(wanted) if wanted else None, limit)
+
+
+def limit_entries(entries: Sequence[Descriptor], order: Matcher | None, limit: int) -> list[Descriptor]:
+    """``entries`` cut to ``limit`` (0: all of them), best first by ``order`` (None: as they
+    are), those without a platform last."""
+    if limit <= 0:
+        return list(entries)
+    return platforms.best_first(order or platforms.ALL, entries)[:limit]
 
 
 @dataclass(frozen=True)
@@ -65,11 +93,14 @@ class ImagePlan:
         return sum(len(data) for data in self.documents.values()) + sum(d.size for d in self.layers())
 
 
-async def plan(remote: Remote, resolved: Resolved, matcher: Matcher | None) -> ImagePlan:
+async def plan(remote: Remote, resolved: Resolved, matcher: Matcher | None,
+               choose: Callable[[Sequence[Descriptor]], list[Descriptor]] | None = None) -> ImagePlan:
     """Fetch and verify the documents below ``resolved`` for the platforms ``matcher`` wants
-    (None: all of them). Raises NotFound ("no match for platform in manifest ...") when an index
-    has nothing for the platform, InvalidArgument for malformed documents or unknown media
-    types, and the remote's errors."""
+    (None: all of them). ``choose`` picks the entries of each index to follow (default:
+    :func:`select` with ``matcher``, the best one); entries without a platform are then kept
+    only when their config's platform matches ``matcher``. Raises NotFound ("no match for
+    platform in manifest ...") when an index has nothing for the platform, InvalidArgument for
+    malformed documents or unknown media types, and the remote's errors."""
     ref = resolved.ref
     documents: dict[str, bytes] = {}
     chosen: list[tuple[Descriptor, Manifest]] = []
@@ -89,7 +120,7 @@ async def plan(remote: Remote, resolved: Resolved, matcher: Matcher | None) -> I
         where = f"{ref}: {desc.digest}"
         if mediatypes.is_index(desc.media_type):
             index = parse_index(await document(desc), desc.media_type, where)
-            entries = select(index.manifests, matcher)
+            entries = choose(index.manifests) if choose is not None else select(index.manifests, matcher)
             if not entries:
                 raise NotFound(f"no match for platform in manifest {desc.digest}")
             for entry in entries:

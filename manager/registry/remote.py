@@ -25,8 +25,8 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -34,12 +34,14 @@ from ctrpy.errors import CtrpyError, InvalidArgument, NotFound
 from ctrpy.images import mediatypes
 from ctrpy.images.model import Descriptor
 from ctrpy.manager.registry.auth import Authorizer, CredentialSource, repository_scope
+from ctrpy.manager.registry.debug import HttpTap
 from ctrpy.manager.registry.errors import (
     DigestMismatch,
     RegistryStalled,
     RegistryUnavailable,
     TooLarge,
     Unauthorized,
+    UntrustedCertificate,
 )
 from ctrpy.manager.registry.hosts import Capability, Endpoint, endpoints, filter_capable
 from ctrpy.manager.registry.reference import ImageRef, parse
@@ -111,11 +113,16 @@ class Remote:
 
     def __init__(self, session: Session, *, config_path: str | os.PathLike[str] | None = None,
                  plain_http: bool = False, credentials: CredentialSource | None = None,
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None, headers: Mapping[str, str] | None = None,
+                 tap: HttpTap | None = None) -> None:
         self.session = session
         self.config_path = config_path
         self.plain_http = plain_http
         self.authorizer = authorizer or Authorizer(credentials)
+        #: Headers of the request (the transfer resolver's ``headers``) sent to every endpoint,
+        #: before those its hosts.toml adds, as containerd's resolver headers are.
+        self.headers = dict(headers or {})
+        self.tap = tap
 
     def endpoints(self, ref: ImageRef, capability: Capability) -> list[Endpoint]:
         """The endpoints that may serve ``capability`` for ``ref``'s host, in order. Raises
@@ -123,6 +130,9 @@ class Remote:
         found = filter_capable(endpoints(ref.host, self.config_path, plain_http=self.plain_http), capability)
         if not found:
             raise NotFound(f"{ref.host}: no endpoint configured for {str(capability.name).lower()}")
+        if self.headers or self.tap is not None:
+            found = [replace(endpoint, headers=_merge_headers(self.headers, endpoint.headers), tap=self.tap)
+                     for endpoint in found]
         return found
 
     # -- resolve ------------------------------------------------------------------------------
@@ -136,7 +146,7 @@ class Remote:
         for endpoint in self.endpoints(ref, Capability.RESOLVE):
             try:
                 return await self._resolve_at(ref, endpoint)
-            except (NotFound, RegistryUnavailable, Unauthorized) as error:
+            except (NotFound, RegistryUnavailable, Unauthorized, UntrustedCertificate) as error:
                 failures.note(error)
         raise failures.error()
 
@@ -243,7 +253,7 @@ class Remote:
                         raise RegistryUnavailable(f"registry {endpoint.host}: fetch {what}: unexpected "
                                                   f"status {response.status_code}")
                     data = await self._read_limited(response, endpoint, what, descriptor.size)
-            except (RegistryUnavailable, Unauthorized) as error:
+            except (RegistryUnavailable, Unauthorized, UntrustedCertificate) as error:
                 failures.note(error)
                 continue
             _verify(data, descriptor, endpoint)
@@ -296,7 +306,7 @@ class Remote:
                         break
                     await asyncio.sleep(self.session.backoff(max(broken, 1)))
                     continue
-                except (RegistryUnavailable, Unauthorized) as error:
+                except (RegistryUnavailable, Unauthorized, UntrustedCertificate) as error:
                     failures.note(error)
                     break
                 if descriptor.size == 0 or position == descriptor.size:
@@ -355,6 +365,18 @@ class Remote:
                                       f"{self.session.options.stall_timeout:g} s at byte {position}") from error
             except httpx.TransportError as error:
                 raise _Broken(f"{type(error).__name__}") from error
+
+
+def _merge_headers(request: Mapping[str, str], configured: Mapping[str, tuple[str, ...]]
+                   ) -> Mapping[str, tuple[str, ...]]:
+    """The request's headers, then each header's values from hosts.toml added after them
+    (containerd adds a host's ``header`` values to the resolver's)."""
+    merged: dict[str, tuple[str, ...]] = {}
+    for key, value in request.items():
+        merged[key.lower()] = (*merged.get(key.lower(), ()), value)
+    for key, values in configured.items():
+        merged[key.lower()] = (*merged.get(key.lower(), ()), *values)
+    return merged
 
 
 class _Failures:

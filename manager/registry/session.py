@@ -31,10 +31,16 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpcore
 import httpx
 
 from ctrpy.manager.registry.auth import Authorizer
-from ctrpy.manager.registry.errors import RegistryStalled, RegistryUnavailable, Unauthorized
+from ctrpy.manager.registry.errors import (
+    RegistryStalled,
+    RegistryUnavailable,
+    Unauthorized,
+    UntrustedCertificate,
+)
 from ctrpy.manager.registry.hosts import Endpoint
 
 USER_AGENT = "ctrpy/0.1"
@@ -42,6 +48,11 @@ USER_AGENT = "ctrpy/0.1"
 # gzip, deflate and zstd by default) would not hash to its digest.
 DEFAULT_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: httpcore reads a response body 64 KiB at a time, each read a trip through anyio's cancel
+#: scopes and h11's buffer: on a loopback registry that was half of a layer download's time.
+#: Layers are large: read up to 256 KiB at a time (the class attribute is httpcore's knob).
+BODY_READ_SIZE = 256 << 10
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = max(httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, BODY_READ_SIZE)
 
 
 @dataclass(frozen=True)
@@ -175,19 +186,30 @@ class Session:
             # Merged by hand: httpx replaces a URL's query with ``params`` (upload locations
             # carry state in theirs).
             target = httpx.URL(url).copy_merge_params(query) if query else httpx.URL(url)
-            request = client.build_request(method, target, headers=merged, content=content)
+            tap = endpoint.tap
+            request = client.build_request(method, target, headers=merged, content=content,
+                                           extensions=tap.extensions() if tap is not None else None)
+            if tap is not None:
+                tap.request(request)
             try:
                 response = await client.send(request, stream=True)
             except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as error:
                 raise RegistryStalled(f"registry {endpoint.host}: {describe}: no progress for "
                                       f"{self.options.stall_timeout:g} s") from error
             except httpx.TransportError as error:
+                if (untrusted := _certificate_error(error)) is not None:
+                    raise UntrustedCertificate(
+                        f"registry {endpoint.host}: {describe}: TLS certificate not trusted "
+                        f"({untrusted.verify_message or untrusted.reason}); give its CA as `ca` in the "
+                        f"host's hosts.toml, or set skip_verify = true there") from error
                 attempt += 1
                 if attempt > self.options.retries or once:
                     raise RegistryUnavailable(f"registry {endpoint.host}: {describe}: {_describe(error)} "
                                               f"(after {attempt} attempts)") from error
                 await asyncio.sleep(self.backoff(attempt))
                 continue
+            if tap is not None:
+                tap.response(response)
             status = response.status_code
             if status == 401 and not reauthorized and not once:
                 challenges = response.headers.get_list("www-authenticate")
@@ -198,7 +220,8 @@ class Session:
                 if challenge is not None:
                     # What the registry says this request needs (it may be more than asked).
                     scopes += [s for s in challenge.params.get("scope", "").split(" ") if s and s not in scopes]
-                creds = authorizer.credentials(endpoint.host) or authorizer.credentials(upstream)
+                # Asked for now, per host, as containerd's authorizer asks its credentials callback.
+                creds = await authorizer.ask(endpoint.host, upstream) if challenge is not None else None
                 if challenge is None or (challenge.scheme == "basic" and creds is None):
                     raise Unauthorized(f"registry {endpoint.host}: {describe}: authentication required"
                                        + ("" if challenge else " (no challenge the client can meet)"))
@@ -207,7 +230,7 @@ class Session:
             if status in (401, 403):
                 await response.aclose()
                 creds = authorizer.credentials(endpoint.host) or authorizer.credentials(upstream)
-                who = f"as {creds.username!r}" if creds else "anonymously"
+                who = creds.describe() if creds else "anonymously"
                 verb = "authentication failed" if status == 401 else "access denied"
                 raise Unauthorized(f"registry {endpoint.host}: {describe}: {verb} {who} ({status})")
             if status in RETRY_STATUSES:
@@ -224,6 +247,19 @@ class Session:
             finally:
                 await response.aclose()
             return
+
+
+def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure under an httpx error (httpx wraps httpcore's error,
+    which wraps ssl's), if that is what it is."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a cause chain is short; the bound guards against a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _describe(error: httpx.TransportError) -> str:

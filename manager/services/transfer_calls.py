@@ -9,8 +9,14 @@ UNIMPLEMENTED for now.
 
 Progress goes to the stream the client named in ``options.progress_stream`` (opened on the
 Streaming service first), which is closed when the transfer ends. Credentials come from the
-resolver's ``auth_stream``, as containerd asks for them: an ``AuthRequest`` for the reference's
-host, answered by an ``AuthResponse``.
+resolver's ``auth_stream``, as containerd asks for them: when a registry challenges, an
+``AuthRequest`` for the host challenging (the reference's registry, or a mirror), answered by an
+``AuthResponse``, once per host. A request without an auth stream uses the daemon's
+``[transfer] credentials_file`` (a docker ``config.json``), if one is configured.
+
+The resolver's ``headers`` go with every registry request; its ``http_debug`` dumps requests and
+responses to the stream named by ``logs_stream`` (the daemon's log without one) and traces
+connections in the daemon's log (:mod:`ctrpy.manager.registry.debug`).
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ from ctrpy.api.containerd.types import descriptor_pb2, platform_pb2
 from ctrpy.api.containerd.types.transfer import imagestore_pb2, progress_pb2, registry_pb2
 from ctrpy.errors import DeadlineExceeded, InvalidArgument
 from ctrpy.images.model import Descriptor, Platform
-from ctrpy.manager.registry import Credentials, StaticCredentials, parse
+from ctrpy.manager.registry import Credentials, CredentialSource
+from ctrpy.manager.registry.debug import HttpTap
 from ctrpy.manager.transfer import Stream, StreamManager, Transfers
-from ctrpy.manager.transfer.pull import ProgressFn, PullRequest, UnpackTarget
+from ctrpy.manager.transfer.bytestream import ByteStreamWriter
+from ctrpy.manager.transfer.pull import ExtraReference, ProgressFn, PullRequest, UnpackTarget
 from ctrpy.manager.transfer.streams import type_name, unpack
 
 log = structlog.get_logger(__name__)
@@ -64,33 +72,89 @@ async def transfer(transfers: Transfers, streams: StreamManager, request: api.Tr
             progress_stream.close()
 
 
-async def _credentials(streams: StreamManager, namespace: str,
-                       registry: registry_pb2.OCIRegistry) -> StaticCredentials | None:
+async def _credentials(transfers: Transfers, streams: StreamManager, namespace: str,
+                       registry: registry_pb2.OCIRegistry) -> CredentialSource | None:
+    """Where the transfer's credentials come from: the client, over its auth stream, or else
+    the daemon's credentials file."""
     if not registry.resolver.auth_stream:
-        return None
-    auth = streams.get(namespace, registry.resolver.auth_stream)
-    credentials = await _ask_credentials(auth, registry.reference)
-    return StaticCredentials(credentials) if credentials is not None else None
+        return await transfers.file_credentials()
+    return StreamCredentials(streams.get(namespace, registry.resolver.auth_stream), registry.reference)
+
+
+class StreamCredentials:
+    """Credentials asked of the client over its auth stream, per host, when a registry first
+    challenges (an :class:`~ctrpy.manager.registry.auth.AskingCredentialSource`). One question
+    at a time: the client answers in order."""
+
+    def __init__(self, stream: Stream, reference: str) -> None:
+        self._stream = stream
+        self._reference = reference
+        self._known: dict[str, Credentials | None] = {}
+        self._lock = asyncio.Lock()
+
+    def lookup(self, host: str) -> Credentials | None:
+        return self._known.get(host)
+
+    async def fetch(self, host: str) -> Credentials | None:
+        if host not in self._known:
+            async with self._lock:
+                if host not in self._known:
+                    self._known[host] = await _ask_credentials(self._stream, self._reference, host)
+        return self._known[host]
+
+
+def _http_debug(streams: StreamManager, namespace: str, registry: registry_pb2.OCIRegistry
+                ) -> tuple[HttpTap | None, ByteStreamWriter | None]:
+    """The HTTP debugging the resolver asks for, and the writer of its logs stream (both None
+    when it asks for none)."""
+    resolver = registry.resolver
+    mode = resolver.http_debug
+    if mode == registry_pb2.DISABLED:
+        return None, None
+    dump = mode in (registry_pb2.DEBUG, registry_pb2.BOTH)
+    writer = None
+    if resolver.logs_stream:
+        writer = ByteStreamWriter(streams.get(namespace, resolver.logs_stream))
+        writer.start()
+    tap = HttpTap(dump=dump, trace=mode in (registry_pb2.TRACE, registry_pb2.BOTH),
+                  sink=writer.write if writer is not None else None, context={"reference": registry.reference})
+    return tap, writer
+
+
+def _extra_reference(message: imagestore_pb2.ImageReference) -> ExtraReference:
+    return ExtraReference(message.name, message.is_prefix, message.allow_overwrite, message.add_digest,
+                          message.skip_named_digest)
 
 
 async def _pull(transfers: Transfers, streams: StreamManager, namespace: str, request: api.TransferRequest,
                 report: ProgressFn) -> None:
     registry = unpack(request.source, registry_pb2.OCIRegistry)
     store = unpack(request.destination, imagestore_pb2.ImageStore)
-    pull = PullRequest(
-        reference=registry.reference,
-        name=store.name,
-        labels=dict(store.labels),
-        platforms=tuple(platform_from_proto(p) for p in store.platforms),
-        unpacks=tuple(UnpackTarget(platform_from_proto(u.platform), u.snapshotter) for u in store.unpacks),
-        all_metadata=store.all_metadata,
-        host_dir=registry.resolver.host_dir,
-        plain_http=registry.resolver.default_scheme == "http",
-        credentials=await _credentials(streams, namespace, registry),
-    )
-    puller = await transfers.puller()
-    await puller.pull(pull, report)
-    report("saved", pull.name or registry.reference, 0, 0, None)
+    tap, logs = _http_debug(streams, namespace, registry)
+    try:
+        pull = PullRequest(
+            reference=registry.reference,
+            name=store.name,
+            labels=dict(store.labels),
+            platforms=tuple(platform_from_proto(p) for p in store.platforms),
+            unpacks=tuple(UnpackTarget(platform_from_proto(u.platform), u.snapshotter) for u in store.unpacks),
+            all_metadata=store.all_metadata,
+            manifest_limit=store.manifest_limit,
+            extra_references=tuple(_extra_reference(r) for r in store.extra_references),
+            host_dir=registry.resolver.host_dir,
+            plain_http=registry.resolver.default_scheme == "http",
+            credentials=await _credentials(transfers, streams, namespace, registry),
+            headers=dict(registry.resolver.headers),
+            tap=tap,
+        )
+        puller = await transfers.puller()
+        images = await puller.pull_all(pull, report)
+    finally:
+        if logs is not None:
+            await logs.aclose()
+    for image in images:  # one "saved" per image record, as containerd reports them
+        target = Descriptor(image.target.media_type, image.target.digest, image.target.size)
+        report("saved", image.name, 0, 0, target)
 
 
 async def _push(transfers: Transfers, streams: StreamManager, namespace: str, request: api.TransferRequest,
@@ -98,12 +162,18 @@ async def _push(transfers: Transfers, streams: StreamManager, namespace: str, re
     store = unpack(request.source, imagestore_pb2.ImageStore)
     registry = unpack(request.destination, registry_pb2.OCIRegistry)
     pusher = await transfers.pusher()
-    root = await pusher.push(
-        store.name or registry.reference, registry.reference,
-        [platform_from_proto(p) for p in store.platforms], report,
-        host_dir=registry.resolver.host_dir, plain_http=registry.resolver.default_scheme == "http",
-        credentials=await _credentials(streams, namespace, registry),
-    )  # fmt: skip
+    tap, logs = _http_debug(streams, namespace, registry)
+    try:
+        root = await pusher.push(
+            store.name or registry.reference, registry.reference,
+            [platform_from_proto(p) for p in store.platforms], report,
+            host_dir=registry.resolver.host_dir, plain_http=registry.resolver.default_scheme == "http",
+            credentials=await _credentials(transfers, streams, namespace, registry),
+            headers=dict(registry.resolver.headers), tap=tap,
+        )  # fmt: skip
+    finally:
+        if logs is not None:
+            await logs.aclose()
     report("pushed", registry.reference, root.size, root.size, root)
 
 
@@ -120,10 +190,9 @@ def _reporter(stream: Stream | None) -> ProgressFn:
     return report
 
 
-async def _ask_credentials(stream: Stream, reference: str) -> Credentials | None:
-    """Ask the client for the credentials of the reference's host, as containerd's credential
-    callback does; None for anonymous. DeadlineExceeded when the client does not answer."""
-    host = parse(reference).host
+async def _ask_credentials(stream: Stream, reference: str, host: str) -> Credentials | None:
+    """Ask the client for the credentials of ``host``, as containerd's credential callback
+    does; None for anonymous. DeadlineExceeded when the client does not answer."""
     stream.send(registry_pb2.AuthRequest(host=host, reference=reference))
     try:
         answer = await asyncio.wait_for(stream.recv(), AUTH_TIMEOUT)
@@ -133,7 +202,7 @@ async def _ask_credentials(stream: Stream, reference: str) -> Credentials | None
     if response.authType == registry_pb2.CREDENTIALS and response.username:
         return Credentials(response.username, response.secret)
     if response.authType == registry_pb2.REFRESH and response.secret:
-        return Credentials("<token>", response.secret)
+        return Credentials("", response.secret)  # a refresh token: the OAuth form (see registry.auth)
     if response.authType == registry_pb2.HEADER:
         log.warning("credentials as a whole header are not supported; pulling anonymously", host=host)
     return None

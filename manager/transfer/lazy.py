@@ -10,11 +10,15 @@ the session at shutdown, if there is one.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
+from ctrpy.errors import FailedPrecondition, InvalidArgument
 from ctrpy.manager.diff import Limits
 from ctrpy.manager.events import Exchange
 from ctrpy.manager.metadata.content import NamespacedContent
@@ -24,10 +28,13 @@ from ctrpy.manager.metadata.leases import LeaseStore
 from ctrpy.manager.metadata.snapshots import SnapshotStore
 
 if TYPE_CHECKING:
-    from ctrpy.manager.registry import Session
+    from ctrpy.manager.registry import DockerConfigCredentials, Session
 
     from .pull import Puller
     from .push import Pusher
+
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class TransferSettings:
     config_path: str = ""
     max_concurrent_downloads: int = 3
     stall_timeout: float = 60.0
+    credentials_file: str = ""
+    #: Processes that unpack layers beside the event loop (0: unpack in threads instead).
+    unpack_workers: int = 2
 
 
 class Transfers:
@@ -56,6 +66,7 @@ class Transfers:
         self._session: Session | None = None
         self._puller: Puller | None = None
         self._pusher: Pusher | None = None
+        self._file_credentials: tuple[tuple[int, int], DockerConfigCredentials | None] | None = None
 
     async def puller(self) -> Puller:
         await self._build()
@@ -71,6 +82,7 @@ class Transfers:
         async with self._lock:
             if self._session is not None:
                 return
+            from ctrpy.manager.diff.pool import UnpackPool
             from ctrpy.manager.registry import Options, Session
 
             from .pull import Puller
@@ -84,13 +96,48 @@ class Transfers:
                 snapshots=self.snapshots, session=session, events=self.events, tmp_root=self.tmp_root,
                 limits=self.limits, default_snapshotter=settings.default_snapshotter,
                 config_path=settings.config_path, max_concurrent_downloads=settings.max_concurrent_downloads,
+                unpack_pool=UnpackPool(settings.unpack_workers) if settings.unpack_workers else None,
             )  # fmt: skip
             self._pusher = Pusher(db=self.db, content=self.content, images=images, session=session,
                                   config_path=settings.config_path,
                                   max_concurrent_uploads=settings.max_concurrent_downloads)
             self._session = session
 
+    async def file_credentials(self) -> DockerConfigCredentials | None:
+        """The credentials of ``[transfer] credentials_file`` (None when none is configured or
+        the file is absent), read again whenever the file changes, so that a ``docker login``
+        into it needs no daemon restart. FailedPrecondition naming the file when it is malformed
+        (the daemon's configuration is wrong, not the request)."""
+        path = self.settings.credentials_file
+        if not path:
+            return None
+        return await asyncio.to_thread(self._load_credentials, path)
+
+    def _load_credentials(self, path: str) -> DockerConfigCredentials | None:
+        from ctrpy.manager.registry import DockerConfigCredentials
+
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            if self._file_credentials is None or self._file_credentials[1] is not None:
+                log.warning("registry credentials file is absent: pulling anonymously", file=path)
+            self._file_credentials = ((0, 0), None)
+            return None
+        stamp = (info.st_mtime_ns, info.st_size)
+        if self._file_credentials is not None and self._file_credentials[0] == stamp:
+            return self._file_credentials[1]
+        try:
+            loaded = DockerConfigCredentials.load(path)
+        except InvalidArgument as error:
+            raise FailedPrecondition(f"[transfer] credentials_file: {error.message}") from None
+        except OSError as error:
+            raise FailedPrecondition(f"[transfer] credentials_file {path}: {error.strerror}") from None
+        self._file_credentials = (stamp, loaded)
+        return loaded
+
     async def aclose(self) -> None:
-        """Close the HTTP session, if one was made."""
+        """Close the HTTP session and end the unpack workers, if they were made."""
         if self._session is not None:
             await self._session.aclose()
+        if self._puller is not None and self._puller.unpack_pool is not None:
+            await self._puller.unpack_pool.aclose()

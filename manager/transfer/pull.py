@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -58,6 +59,7 @@ from ctrpy.images.model import (
 )
 from ctrpy.manager.diff import Limits, apply_to_mounts
 from ctrpy.manager.diff.apply import AppliedLayer
+from ctrpy.manager.diff.pool import UnpackPool
 from ctrpy.manager.events import Exchange
 from ctrpy.manager.metadata.content import UNCOMPRESSED_LABEL, BlobSink, NamespacedContent
 from ctrpy.manager.metadata.db import Database
@@ -74,6 +76,8 @@ from ctrpy.manager.registry import (
     parse,
     plan,
 )
+from ctrpy.manager.registry.debug import HttpTap
+from ctrpy.manager.registry.manifests import limit_entries, select_each
 from ctrpy.mount import Mount
 from ctrpy.records import Descriptor as RecordDescriptor
 from ctrpy.records import Image, LeaseResource, freeze
@@ -83,6 +87,7 @@ log = structlog.get_logger(__name__)
 GC_EXPIRE = "containerd.io/gc.expire"
 GC_REF_CONTENT = "containerd.io/gc.ref.content"
 GC_REF_SNAPSHOT = "containerd.io/gc.ref.snapshot."
+GC_BREF_IMAGE = "containerd.io/gc.bref.image"
 DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
 #: How long the lease of a failed pull keeps its partial downloads for a retry to resume.
 LEASE_EXPIRY = timedelta(hours=1)
@@ -100,8 +105,24 @@ class UnpackTarget:
 
 
 @dataclass(frozen=True)
+class ExtraReference:
+    """One more name for a pulled image (containerd's ``ImageReference``). On a pull only
+    complete names are stored: ``name``, or ``name@<digest>`` with ``add_digest``; a prefix
+    without ``add_digest`` names nothing (it is for imports, where the archive supplies the
+    rest). ``allow_overwrite`` and ``skip_named_digest`` matter to imports only."""
+
+    name: str
+    is_prefix: bool = False
+    allow_overwrite: bool = False
+    add_digest: bool = False
+    skip_named_digest: bool = False
+
+
+@dataclass(frozen=True)
 class PullRequest:
-    """What to pull and how. ``platforms`` empty means every platform of an index."""
+    """What to pull and how. ``platforms`` empty means every platform of an index;
+    ``manifest_limit`` (0: none) bounds the manifests taken from an index; ``headers`` go with
+    every registry request; ``tap`` dumps them (``http_debug``)."""
 
     reference: str
     name: str = ""
@@ -109,9 +130,13 @@ class PullRequest:
     platforms: tuple[Platform, ...] = ()
     unpacks: tuple[UnpackTarget, ...] = ()
     all_metadata: bool = False
+    manifest_limit: int = 0
+    extra_references: tuple[ExtraReference, ...] = ()
     host_dir: str = ""
     plain_http: bool = False
     credentials: CredentialSource | None = None
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    tap: HttpTap | None = None
 
 
 #: ``progress(event, name, done, total, descriptor)``: containerd's Progress message fields.
@@ -167,6 +192,7 @@ class Puller:
         default_snapshotter: str,
         config_path: str = "",
         max_concurrent_downloads: int = 3,
+        unpack_pool: UnpackPool | None = None,
     ) -> None:
         self.db = db
         self.content = content
@@ -180,27 +206,37 @@ class Puller:
         self.default_snapshotter = default_snapshotter
         self.config_path = config_path
         self.max_concurrent_downloads = max(1, max_concurrent_downloads)
+        #: Unpacks run in worker processes when there is a pool (in threads otherwise): see
+        #: :mod:`ctrpy.manager.diff.pool` for why.
+        self.unpack_pool = unpack_pool
         #: Downloads in flight by (namespace, digest); set when they end, however they end.
         self._downloads: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def pull(self, request: PullRequest, progress: ProgressFn = _no_progress) -> Image:
-        """Pull ``request`` into the current namespace; return the image record written."""
+        """Pull ``request`` into the current namespace; return the image record written (the
+        first of them, when extra references made more)."""
+        return (await self.pull_all(request, progress))[0]
+
+    async def pull_all(self, request: PullRequest, progress: ProgressFn = _no_progress) -> list[Image]:
+        """Pull ``request`` into the current namespace; return every image record written: its
+        name, then its extra references."""
         namespace = namespaces.require()
         ref = parse(request.reference)
         remote = _LocalFirst(self.content, self.session, config_path=request.host_dir or self.config_path or None,
-                             plain_http=request.plain_http, credentials=request.credentials)
+                             plain_http=request.plain_http, credentials=request.credentials,
+                             headers=request.headers, tap=request.tap)
         own_lease = namespaces.current_lease.get() is None
         lease = await self._lease() if own_lease else str(namespaces.current_lease.get())
         token = namespaces.current_lease.set(lease)
         try:
             job = _Job(namespace, lease, ref, remote, progress, asyncio.Semaphore(self.max_concurrent_downloads),
                        {DISTRIBUTION_SOURCE + ref.host: ref.repository})
-            image = await self._pull(job, request)
+            images = await self._pull(job, request)
         finally:
             namespaces.current_lease.reset(token)
         if own_lease:
             await self.db.run(self._delete_lease, lease)
-        return image
+        return images
 
     async def _lease(self) -> str:
         expire = (datetime.now(UTC) + LEASE_EXPIRY).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -212,15 +248,25 @@ class Puller:
         with contextlib.suppress(NotFound):
             self.leases.delete(lease_id)
 
-    async def _pull(self, job: _Job, request: PullRequest) -> Image:
+    async def _pull(self, job: _Job, request: PullRequest) -> list[Image]:
+        if self.unpack_pool is not None:
+            self.unpack_pool.warm()  # a worker starts while the manifests and first layers arrive
         job.progress("resolving", str(job.ref), 0, 0, None)
         resolved = await job.remote.resolve(job.ref)
         job.progress("resolved", str(job.ref), 0, 0, resolved.descriptor)
         matcher = _matcher(request.platforms)
-        # With all_metadata (ctr 2.x asks for it), every platform's manifest and config are
-        # fetched, and layers only for the wanted platforms.
-        image = await plan(job.remote, resolved, None if request.all_metadata else matcher)
-        wanted = _wanted(image, matcher) if request.all_metadata else list(image.manifests)
+        limit = request.manifest_limit
+        if request.all_metadata:
+            # With all_metadata (ctr 2.x asks for it), every platform's manifest and config are
+            # fetched (at most manifest_limit of an index, the wanted platforms first), and
+            # layers only for the best manifest of each wanted platform.
+            image = await plan(job.remote, resolved, None,
+                               choose=lambda entries: limit_entries(entries, matcher, limit))
+            wanted = _wanted(image, request.platforms)
+        else:
+            image = await plan(job.remote, resolved, matcher,
+                               choose=lambda entries: select_each(entries, request.platforms, limit))
+            wanted = list(image.manifests)
         unpacks = self._unpacks(image, wanted, request.unpacks)
         layers = _unique_layers(wanted)
         for layer in layers:
@@ -232,7 +278,7 @@ class Puller:
         for target, top in zip(unpacks, results[len(results) - len(unpacks):], strict=True):
             tops.setdefault(target.config.digest, {})[target.snapshotter] = str(top)
         await self._write_documents(job, image, tops)
-        return await self._store_image(request, job.ref, image.root)
+        return await self._store_images(request, job.ref, image.root)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -252,7 +298,10 @@ class Puller:
             fitting = [(desc, manifest) for desc, manifest in fetched if matcher.match(platform_of[desc.digest])]
             if not fitting:
                 continue
-            desc, manifest = fitting[0]
+            # The best of them for this target (several platforms fetched may fit it: amd64, 386).
+            ranked = platform_matchers.best_first(
+                matcher, [dataclasses.replace(desc, platform=platform_of[desc.digest]) for desc, _ in fitting])
+            desc, manifest = next(item for item in fitting if item[0].digest == ranked[0].digest)
             config = _config(image, manifest)
             if len(config.diff_ids) != len(manifest.layers):
                 raise InvalidArgument(
@@ -413,7 +462,12 @@ class Puller:
                 continue
         try:
             try:
-                result = await asyncio.to_thread(self._apply_blob, layer, mounts)
+                if self.unpack_pool is not None:
+                    blob = await asyncio.to_thread(self.content.blob_path, layer.digest)
+                    result = await self.unpack_pool.apply(blob, layer.media_type, mounts,
+                                                          tmp_root=self.tmp_root, limits=self.limits)
+                else:
+                    result = await asyncio.to_thread(self._apply_blob, layer, mounts)
             except CtrpyError as error:
                 raise _in_context(error, f"{job.ref}: extracting layer {layer.digest}") from None
             if result.digest != diff_id:
@@ -473,11 +527,32 @@ class Puller:
         finally:
             sink.close()
 
-    async def _store_image(self, request: PullRequest, ref: ImageRef, root: Descriptor) -> Image:
-        """Create the image record, or point an existing one at what was pulled."""
-        name = request.name or str(ref)
+    async def _store_images(self, request: PullRequest, ref: ImageRef, root: Descriptor) -> list[Image]:
+        """Store the image under its name and its extra references, as containerd's image
+        store does on a pull: each extra reference that names an image (see
+        :class:`ExtraReference`) gets the request's labels, and, when the image has a name of
+        its own, ``containerd.io/gc.bref.image`` naming it and a ``containerd.io/gc.expire`` of
+        now (containerd 2.3: such a name goes when the image it came with goes). The name is
+        the reference when the request gives neither a name nor extra references."""
+        names: list[tuple[str, Mapping[str, str]]] = []
+        if request.name or not request.extra_references:
+            names.append((request.name or str(ref), request.labels))
+        extra_labels = dict(request.labels)
+        if request.name:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            extra_labels.update({GC_BREF_IMAGE: request.name, GC_EXPIRE: now})
+        for extra in request.extra_references:
+            if extra.is_prefix and not extra.add_digest:
+                continue
+            names.append((f"{extra.name}@{root.digest}" if extra.add_digest else extra.name, extra_labels))
+        if not names:
+            raise NotFound("no image name found")
+        return [await self._store_image(name, labels, root) for name, labels in names]
+
+    async def _store_image(self, name: str, labels: Mapping[str, str], root: Descriptor) -> Image:
+        """Create the image record ``name``, or point an existing one at what was pulled."""
         image = Image(name=name, target=RecordDescriptor(root.media_type, root.digest, root.size),
-                      labels=freeze(request.labels))
+                      labels=freeze(labels))
         namespace = namespaces.require()
         try:
             stored = await self.db.run(self.images.create, image)
@@ -486,9 +561,9 @@ class Puller:
         except AlreadyExists:
             current = await self.db.run(self.images.get, name)
             if current.target.digest == root.digest and all(
-                    current.labels.get(k) == v for k, v in request.labels.items() if v):
+                    current.labels.get(k) == v for k, v in labels.items() if v):
                 return current  # the same image again: nothing to change, no event
-            paths = ["target", *(f"labels.{key}" for key in request.labels)]
+            paths = ["target", *(f"labels.{key}" for key in labels)]
             stored = await self.db.run(self.images.update, image, paths)
             self.events.publish(namespace, "/images/update",
                                 events_pb2.ImageUpdate(name=stored.name, labels=dict(stored.labels)))
@@ -523,19 +598,18 @@ class _LocalFirst(Remote):
         return data
 
 
-def _wanted(image: ImagePlan, matcher: platform_matchers.Matcher | None) -> list[tuple[Descriptor, Manifest]]:
-    """Of an image planned for every platform, the manifest whose layers a pull for
-    ``matcher`` fetches: the best match (all of them without a matcher). NotFound when none
-    matches, as when the plan itself was for that platform."""
-    if matcher is None or not mediatypes.is_index(image.root.media_type):
+def _wanted(image: ImagePlan, wanted: Sequence[Platform]) -> list[tuple[Descriptor, Manifest]]:
+    """Of an image planned for every platform, the manifests whose layers a pull for
+    ``wanted`` fetches: the best match of each wanted platform (all of them when none is
+    wanted). NotFound when none matches, as when the plan itself was for those platforms."""
+    if not wanted or not mediatypes.is_index(image.root.media_type):
         return list(image.manifests)  # a lone manifest is pulled whatever its platform, as without
-    candidates = [(Descriptor(desc.media_type, desc.digest, desc.size, platform=platform), manifest)
-                  for (desc, manifest), platform in zip(image.manifests, image.platforms, strict=True)
-                  if matcher.match(platform)]
-    if not candidates:
+    candidates = [Descriptor(desc.media_type, desc.digest, desc.size, platform=platform)
+                  for (desc, _), platform in zip(image.manifests, image.platforms, strict=True)]
+    best = {desc.digest for desc in select_each(candidates, wanted)}
+    if not best:
         raise NotFound(f"no match for platform in manifest {image.root.digest}")
-    best = platform_matchers.best_first(matcher, [desc for desc, _ in candidates])[0]
-    return [(desc, manifest) for desc, manifest in image.manifests if desc.digest == best.digest][:1]
+    return [(desc, manifest) for desc, manifest in image.manifests if desc.digest in best]
 
 
 def _unique_layers(manifests: Sequence[tuple[Descriptor, Manifest]]) -> list[Descriptor]:

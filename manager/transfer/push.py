@@ -11,7 +11,7 @@ in memory; documents are read whole (they are small).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import structlog
 
@@ -33,6 +33,7 @@ from ctrpy.manager.registry import (
     select,
     upload_blob,
 )
+from ctrpy.manager.registry.debug import HttpTap
 
 from .pull import DISTRIBUTION_SOURCE, ProgressFn
 
@@ -52,13 +53,14 @@ class Pusher:
         self.max_concurrent_uploads = max(1, max_concurrent_uploads)
 
     async def push(self, name: str, reference: str, platforms: Sequence[Platform], progress: ProgressFn, *,
-                   host_dir: str = "", plain_http: bool = False,
-                   credentials: CredentialSource | None = None) -> Descriptor:
-        """Push the namespace's image ``name`` to ``reference``; return the root pushed."""
+                   host_dir: str = "", plain_http: bool = False, credentials: CredentialSource | None = None,
+                   headers: Mapping[str, str] | None = None, tap: HttpTap | None = None) -> Descriptor:
+        """Push the namespace's image ``name`` to ``reference``; return the root pushed.
+        ``headers`` go with every registry request; ``tap`` dumps them (``http_debug``)."""
         image = await self.db.run(self.images.get, name)
         ref = parse(reference)
         remote = Remote(self.session, config_path=host_dir or self.config_path or None, plain_http=plain_http,
-                        credentials=credentials)
+                        credentials=credentials, headers=headers, tap=tap)
         root = Descriptor(image.target.media_type, image.target.digest, image.target.size)
         matcher = (platform_matchers.only(platforms[0]) if len(platforms) == 1
                    else platform_matchers.ordered(platforms) if platforms else None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ctrpy.manager.registry import DockerConfigCredentials, RegistryUnavailable, Remote, Session
+from ctrpy.manager.registry import DockerConfigCredentials, Remote, Session, UntrustedCertificate
 from ctrpy.manager.registry.session import Options
 from tests.registry.conftest import USER, Pushed, run
 from tests.support.registry import LocalRegistry, Reply, scripted, self_signed, skopeo
@@ -52,8 +52,10 @@ def test_tls_with_a_ca_from_hosts_toml(pushed: Pushed, tls_registry: tuple[Local
                 resolved = await Remote(session, config_path=config).resolve(ref)
                 assert resolved.descriptor.digest == pushed.busybox.manifest_digest
                 assert resolved.endpoint.scheme == "https"
-            # Without the CA the certificate is refused, and the error says where.
-            with pytest.raises(RegistryUnavailable, match=f"registry {registry.host}: .*CERTIFICATE_VERIFY_FAILED"):
+            # Without the CA the certificate is refused (at once: no retry), and the error says
+            # where and what to configure.
+            with pytest.raises(UntrustedCertificate,
+                               match=f"registry {registry.host}: .*certificate not trusted .*hosts.toml"):
                 await Remote(session).resolve(ref)
             # plain_http does not apply to a host configured for https.
             assert (await Remote(session, config_path=with_ca, plain_http=True).resolve(ref)).endpoint.scheme == "https"

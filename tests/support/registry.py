@@ -9,7 +9,7 @@ Plain Python on purpose: benchmarks import this without pytest. Use it as a cont
 
 The registry listens on 127.0.0.1 on a free port, stores into the given directory, and is
 stopped by pid (SIGTERM, then SIGKILL) on exit, even after a failure. ``htpasswd=(user, pw)``
-turns on basic auth.
+turns on basic auth; ``token=TokenAuth(...)`` the registry's own bearer-token auth.
 """
 
 from __future__ import annotations
@@ -64,6 +64,18 @@ def htpasswd_line(user: str, password: str) -> str:
     return f"{user}:{hashed}\n"
 
 
+@dataclass(frozen=True)
+class TokenAuth:
+    """docker-registry's ``auth: token`` settings: the realm clients get tokens from, the
+    ``service`` (a token's ``aud``), the ``issuer`` (its ``iss``) and the PEM bundle its signing
+    chain must reach (tests/support/token_issuer.py makes all four)."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+
+
 @dataclass
 class LocalRegistry:
     """docker-registry on ``127.0.0.1:<port>`` with its storage under ``directory``."""
@@ -71,6 +83,7 @@ class LocalRegistry:
     directory: Path
     htpasswd: tuple[str, str] | None = None
     tls: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS
+    token: TokenAuth | None = None  # bearer tokens from an issuer (instead of htpasswd)
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -106,6 +119,9 @@ class LocalRegistry:
             passwd = self.directory / "htpasswd"
             passwd.write_text(htpasswd_line(*self.htpasswd))
             lines += ["auth:", "  htpasswd:", "    realm: ctrpy-test", f"    path: {passwd}"]
+        elif self.token is not None:
+            lines += ["auth:", "  token:", f"    realm: {self.token.realm}", f"    service: {self.token.service}",
+                      f"    issuer: {self.token.issuer}", f"    rootcertbundle: {self.token.rootcertbundle}"]
         config = self.directory / "config.yml"
         config.write_text("\n".join(lines) + "\n")
         return config

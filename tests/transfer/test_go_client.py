@@ -82,7 +82,9 @@ def test_pull_as_ctr_2_does(ctrpyd: Daemon, namespace: str, filled: Filled) -> N
         creds.outgoing.put(None)
         creds.call.cancel()
 
-        assert [r.host for r in auth_requests] == [filled.host]
+        # Credentials are asked for only when a registry challenges (this one does not), per
+        # host, as containerd's authorizer asks its credentials callback.
+        assert auth_requests == []
         names = {(e.event, e.name) for e in events}
         assert ("complete", filled.busybox.layers[0].digest) in names
         assert ("saved", ref) in names
