@@ -42,6 +42,19 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     stall_timeout = 60.0             # seconds without a byte from a registry before a pull fails
     credentials_file = ""            # docker config.json for requests without credentials (empty: none)
 
+    [cri]                            # Kubernetes' CRI (runtime.v1) on the same socket
+    enabled = true
+    sandbox_image = "registry.k8s.io/pause:3.10"   # under this default name: ctrpy's own pause image
+    cni_conf_dir = "/etc/cni/net.d"  # the first *.conflist / *.conf here is the pod network
+    cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]   # where CNI plugins are looked for, in order
+    registry_config_path = ""        # hosts directory for CRI pulls (empty: [transfer] config_path)
+    cgroup_driver = "cgroupfs"       # what RuntimeConfig tells the kubelet (only cgroupfs here)
+    stream_server_address = "127.0.0.1"   # Exec/Attach/PortForward URLs point here
+    stream_server_port = "0"         # "0": a free port chosen at start-up
+    max_container_log_line_size = 16384   # longer lines are split into partial (P) records
+    image_pull_progress_timeout = "5m"    # a pull that makes no progress this long is cancelled
+    stats_collect_period = 10        # seconds between snapshot usage samples (ImageFsInfo)
+
     [runtimes."io.containerd.runc.v2"]   # runtime name (from the container) -> OCI runtime binary
     binary = "runc"
 
@@ -54,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +132,75 @@ def _parse_gc(table: dict[str, Any], base: GcConfig) -> GcConfig:
 
 
 @dataclass(frozen=True)
+class CriConfig:
+    """The ``[cri]`` section: Kubernetes' CRI on ctrpyd's socket (see :mod:`ctrpy.manager.cri`).
+
+    ``sandbox_image`` defaults to the name containerd 2.0 uses; under that default name ctrpyd
+    provides the pause image itself (no registry needed), any other name is pulled like any
+    image. ``registry_config_path`` empty means the ``[transfer]`` hosts directory is used.
+    """
+
+    enabled: bool = True
+    sandbox_image: str = "registry.k8s.io/pause:3.10"
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")
+    registry_config_path: str = ""
+    cgroup_driver: str = "cgroupfs"
+    stream_server_address: str = "127.0.0.1"
+    stream_server_port: str = "0"
+    max_container_log_line_size: int = 16384
+    # A Go-style duration, as containerd writes it ("5m", "30s", "1h30m").
+    image_pull_progress_timeout: str = "5m"
+    stats_collect_period: int = 10  # seconds
+
+
+_CRI_KEYS: dict[str, type] = {
+    "enabled": bool, "sandbox_image": str, "cni_conf_dir": str, "cni_bin_dirs": list,
+    "registry_config_path": str, "cgroup_driver": str, "stream_server_address": str,
+    "stream_server_port": str, "max_container_log_line_size": int, "image_pull_progress_timeout": str,
+    "stats_collect_period": int,
+}  # fmt: skip
+CGROUP_DRIVERS = ("cgroupfs",)
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Go-style duration (``"5m"``, ``"1h30m"``, ``"90s"``, ``"0"``);
+    InvalidArgument for anything else."""
+    if text == "0":
+        return 0.0
+    parts = _DURATION_RE.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise InvalidArgument(f"config: {text!r} is not a duration such as \"5m\" or \"30s\"")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _parse_cri(table: dict[str, Any], base: CriConfig) -> CriConfig:
+    if unknown := set(table) - set(_CRI_KEYS):
+        raise InvalidArgument(f"config: unknown keys in [cri]: {sorted(unknown)}")
+    values: dict[str, Any] = {key: _expect(table, key, kind, "cri.") for key, kind in _CRI_KEYS.items()
+                              if key in table}
+    if "cni_bin_dirs" in values:
+        if not all(isinstance(item, str) for item in values["cni_bin_dirs"]):
+            raise InvalidArgument("config: cri.cni_bin_dirs must be a list of directories")
+        values["cni_bin_dirs"] = tuple(values["cni_bin_dirs"])
+    cri = dataclasses.replace(base, **values)
+    if cri.cgroup_driver not in CGROUP_DRIVERS:
+        raise InvalidArgument(f"config: cri.cgroup_driver {cri.cgroup_driver!r} is not supported "
+                              f"(only {', '.join(CGROUP_DRIVERS)})")
+    if not cri.stream_server_port.isdigit() or int(cri.stream_server_port) > 65535:
+        raise InvalidArgument(f"config: cri.stream_server_port {cri.stream_server_port!r} is not a port")
+    for key in ("max_container_log_line_size", "stats_collect_period"):
+        if getattr(cri, key) < 0:
+            raise InvalidArgument(f"config: cri.{key} must not be negative")
+    duration_seconds(cri.image_pull_progress_timeout)
+    if not cri.sandbox_image:
+        raise InvalidArgument("config: cri.sandbox_image must name an image")
+    return cri
+
+
+@dataclass(frozen=True)
 class Config:
     root: Path = Path("/var/lib/ctrpy")
     state: Path = Path("/run/ctrpy")
@@ -143,6 +226,12 @@ class Config:
     transfer_max_concurrent_downloads: int = 3
     transfer_stall_timeout: float = 60.0
     transfer_credentials_file: str = ""
+    cri: CriConfig = field(default_factory=CriConfig)
+
+    @property
+    def cri_registry_config_path(self) -> str:
+        """The hosts directory CRI pulls use: ``[cri] registry_config_path``, else ``[transfer]``'s."""
+        return self.cri.registry_config_path or self.transfer_config_path
 
     def with_overrides(self, **overrides: Any) -> Config:
         """A copy with the given fields replaced; ``None`` values are ignored (unset flags)."""
@@ -174,6 +263,8 @@ def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "config_path" in table:
         values["transfer_config_path"] = _expect(table, "config_path", str, "transfer.")
+    if "credentials_file" in table:
+        values["transfer_credentials_file"] = _expect(table, "credentials_file", str, "transfer.")
     if "max_concurrent_downloads" in table:
         count = _expect(table, "max_concurrent_downloads", int, "transfer.")
         if count < 1:
@@ -181,8 +272,6 @@ def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
         values["transfer_max_concurrent_downloads"] = count
     if "stall_timeout" in table:
         values["transfer_stall_timeout"] = _seconds(table, "stall_timeout", "transfer.")
-    if "credentials_file" in table:
-        values["transfer_credentials_file"] = _expect(table, "credentials_file", str, "transfer.")
     return values
 
 
@@ -195,7 +284,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     values: dict[str, Any] = {}
     known = {
         "version", "root", "state", "grpc", "log", "snapshotter", "diff", "proxy_plugins", "shim", "runtimes", "gc",
-        "transfer",
+        "transfer", "cri",
     }
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
@@ -241,6 +330,8 @@ def parse(text: str, base: Config = Config()) -> Config:
     if "gc" in data:
         values["gc"] = _parse_gc(data["gc"], base.gc)
     values.update(_parse_transfer(data.get("transfer", {})))
+    if "cri" in data:
+        values["cri"] = _parse_cri(_expect(data, "cri", dict, ""), base.cri)
     shim = data.get("shim", {})
     if unknown := set(shim) - {"template", "call_timeout", "state_timeout"}:
         raise InvalidArgument(f"config: unknown keys in [shim]: {sorted(unknown)}")
@@ -311,6 +402,17 @@ def render(config: Config) -> str:
         f"max_concurrent_downloads = {config.transfer_max_concurrent_downloads}",
         f"stall_timeout = {config.transfer_stall_timeout!r}",
         f"credentials_file = {q(config.transfer_credentials_file)}",
+    ]  # fmt: skip
+    cri = config.cri
+    lines += [
+        "", "[cri]", f"enabled = {'true' if cri.enabled else 'false'}", f"sandbox_image = {q(cri.sandbox_image)}",
+        f"cni_conf_dir = {q(cri.cni_conf_dir)}", f"cni_bin_dirs = [{', '.join(q(d) for d in cri.cni_bin_dirs)}]",
+        f"registry_config_path = {q(cri.registry_config_path)}", f"cgroup_driver = {q(cri.cgroup_driver)}",
+        f"stream_server_address = {q(cri.stream_server_address)}",
+        f"stream_server_port = {q(cri.stream_server_port)}",
+        f"max_container_log_line_size = {cri.max_container_log_line_size}",
+        f"image_pull_progress_timeout = {q(cri.image_pull_progress_timeout)}",
+        f"stats_collect_period = {cri.stats_collect_period}",
     ]  # fmt: skip
     for name, binary in sorted(config.runtimes.items()):
         lines += ["", f"[runtimes.{q(name)}]", f"binary = {q(binary)}"]

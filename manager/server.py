@@ -45,7 +45,7 @@ from ctrpy.snapshotter.overlay import OverlaySnapshotter
 from ctrpy.snapshotter.proxy import ProxySnapshotter
 
 from . import rootlock, startup
-from .config import Config
+from .config import Config, duration_seconds
 from .content import ContentStore
 from .diff import Limits
 from .events import Exchange
@@ -169,7 +169,7 @@ async def _snapshotters(
 async def _transfer(
     config: Config, db: Database, content: NamespacedContent, snapshot_stores: dict[str, SnapshotStore],
     exchange: Exchange, limits: Limits, services: Services, stack: contextlib.AsyncExitStack,
-) -> None:
+) -> Transfers:
     """Serve Transfer (registry pulls and pushes) and Streaming (its progress and credential
     streams). The registry client is built at the first transfer (see manager/transfer/lazy.py)."""
     settings = TransferSettings(config.default_snapshotter, config.transfer_config_path,
@@ -184,6 +184,40 @@ async def _transfer(
     services.add("transfer", TransferServicer(transfers, streams), transfer_pb2_grpc.add_TransferServicer_to_server,
                  transfer_pb2.DESCRIPTOR.services_by_name["Transfer"],
                  requires=("io.containerd.content.v1", "io.containerd.metadata.v1"))
+    return transfers
+
+
+def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Transfers, exchange: Exchange,
+         gc: Scheduler, services: Services) -> None:
+    """Serve Kubernetes' CRI (runtime.v1 RuntimeService and ImageService) on the same socket, when
+    ``[cri] enabled``: images through the same stores and puller as Transfer, in ``k8s.io``."""
+    cri = config.cri
+    if not cri.enabled:
+        return
+    # Imported here: the CRI's generated API alone costs about 2 MiB that a daemon with the CRI
+    # switched off does not pay.
+    from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as cri_pb2
+    from ctrpy.api.k8s.cri.runtime.v1 import api_pb2_grpc as cri_pb2_grpc
+
+    from .cri.deps import ImageBackends, ImageSettings
+    from .cri.fsusage import UsageSampler
+    from .cri.image_service import ImageServicer
+    from .cri.runtime import RuntimeState
+    from .cri.runtime_service import RuntimeServicer
+
+    settings = ImageSettings(config.cri_registry_config_path, duration_seconds(cri.image_pull_progress_timeout),
+                             cri.sandbox_image)
+    backends = ImageBackends(db=db, images=ImageStore(db), content=content, transfers=transfers, events=exchange,
+                             gc=gc, settings=settings)
+    snapshot_root = config.root / "snapshots" / config.default_snapshotter
+    filesystem = UsageSampler(snapshot_root if config.default_snapshotter not in config.proxy_plugins else None,
+                              float(cri.stats_collect_period))
+    services.add("cri", RuntimeServicer(RuntimeState(cri)), cri_pb2_grpc.add_RuntimeServiceServicer_to_server,
+                 cri_pb2.DESCRIPTOR.services_by_name["RuntimeService"],
+                 requires=("io.containerd.event.v1", "io.containerd.service.v1"))
+    # One plugin (cri) serves both services, as in containerd.
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(backends, filesystem), services.server)
+    services.names.append(cri_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name)
 
 
 def _host_arch() -> str:
@@ -266,7 +300,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
                      snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
                      requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
-        await _transfer(config, db, content, snapshot_stores, exchange, limits, services, stack)
+        transfers = await _transfer(config, db, content, snapshot_stores, exchange, limits, services, stack)
+        _cri(config, db, content, transfers, exchange, gc_scheduler, services)
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
         launcher = ShimLauncher(

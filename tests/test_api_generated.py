@@ -151,10 +151,11 @@ def test_no_top_level_proto_packages_are_needed() -> None:
     for name in _all_api_modules():
         importlib.import_module(name)
     leaked = sorted(
-        m for m in sys.modules if m.split(".")[0] in ("containerd", "cgroups")
+        m for m in sys.modules if m.split(".")[0] in ("containerd", "cgroups", "k8s")
     )
     assert leaked == []
     assert importlib.util.find_spec("containerd") is None
+    assert importlib.util.find_spec("k8s") is None
 
 
 def test_message_classes_report_their_real_module() -> None:

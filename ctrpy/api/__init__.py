@@ -2,7 +2,8 @@
 
 The Python protobuf and gRPC modules for the API definitions under proto/:
 containerd's API v1 (`ctrpy.api.containerd.services.<service>.v1`, types,
-events, runc options) and the cgroups metrics (`ctrpy.api.cgroups`), each
+events, runc options), the cgroups metrics (`ctrpy.api.cgroups`) and
+Kubernetes' CRI (`ctrpy.api.k8s.cri.runtime.v1`, package runtime.v1), each
 with mypy-protobuf stubs. To regenerate after editing proto/, run
 
     scripts/gen-proto

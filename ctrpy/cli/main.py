@@ -15,6 +15,7 @@ from ctrpy.client import Client, default_address, default_namespace
 from ctrpy.errors import CtrpyError
 
 from . import containers, content, doctor, events, images, leases, namespaces, run, snapshots, system, tasks
+from . import cri as cri_commands
 
 Command = Callable[[Client, argparse.Namespace], int]
 
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for each call")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
-    for module in (system, namespaces, leases, containers, images, content, snapshots, doctor, tasks, run, events):
+    for module in (system, namespaces, leases, containers, images, content, snapshots, doctor, tasks, run, events,
+                   cri_commands):
         module.register(nouns)
     return parser
 

@@ -3,7 +3,9 @@
 One interceptor wraps every method handler so that, for the duration of the call:
 
 - the ``containerd-namespace`` header (default ``default``) is validated and set as the current
-  namespace, and the ``containerd-lease`` header as the current lease;
+  namespace, and the ``containerd-lease`` header as the current lease; a CRI call
+  (``/runtime.v1.*``) always works in ``k8s.io``, as containerd's CRI plugin does, whatever
+  header it carries;
 - both are bound into structlog's context, so log lines carry them;
 - a :class:`ctrpy.errors.CtrpyError` raised inside becomes its gRPC status code and message
   (Python's ``NotImplementedError``, which generated servicers raise for a method they lack,
@@ -37,7 +39,12 @@ else:
     Handler = grpc.RpcMethodHandler
 
 
-def _enter_call(context: Context) -> None:
+#: The namespace of everything the CRI makes or sees; its methods start with CRI_PREFIX.
+CRI_NAMESPACE = "k8s.io"
+CRI_PREFIX = "/runtime.v1."
+
+
+def _enter_call(context: Context, method: str = "") -> None:
     """Set the call's namespace and lease, and bind them for logging.
 
     Nothing is reset afterwards: grpc.aio runs every call in its own task, whose context is a
@@ -46,6 +53,8 @@ def _enter_call(context: Context) -> None:
     """
     metadata = {key: value for key, value in (context.invocation_metadata() or ())}
     namespace = str(metadata.get(namespaces.NAMESPACE_HEADER) or namespaces.DEFAULT)
+    if method.startswith(CRI_PREFIX):
+        namespace = CRI_NAMESPACE
     lease = metadata.get(namespaces.LEASE_HEADER)
     identifiers.validate(namespace)
     namespaces.current.set(namespace)
@@ -136,7 +145,7 @@ def _wrap_unary(
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         try:
-            _enter_call(context)
+            _enter_call(context, method)
             request = _decoded_stream(request) if streaming_request else _decoded(request)
             return await inner(request, context)
         except (grpc.aio.AbortError, AssertionError):
@@ -152,7 +161,7 @@ def _wrap_streaming(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
-            _enter_call(context)
+            _enter_call(context, method)
             request = _decoded_stream(request) if streaming_request else _decoded(request)
             responses = inner(request, context)
             if inspect.isawaitable(responses):
