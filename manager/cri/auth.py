@@ -24,8 +24,9 @@ from .deps import PullAuth
 
 log = structlog.get_logger(__name__)
 
-#: The user name the registry client sends with a refresh token (as the Transfer service does).
-TOKEN_USER = "<token>"
+#: A refresh token goes with an empty user name: the registry client then uses it in the token
+#: service's OAuth form (grant_type=refresh_token), as containerd's CRI passes an identity token.
+TOKEN_USER = ""
 
 
 def _host(server_address: str) -> str:
