@@ -5,7 +5,8 @@ under ``--fifo-dir``) holding the FIFOs ``<id>-stdin``, ``<id>-stdout`` and ``<i
 (no stderr with a terminal), and passes their paths in Tasks.Create or Tasks.Exec; the daemon's
 shim opens the other ends. :class:`FIFOSet` makes, finds again (``load``, from the paths
 Tasks.Get returns) and removes them. :data:`NULL_IO` sends no paths; :func:`log_uri` puts one
-``file://`` or ``binary://`` URI in both stdout and stderr and makes no FIFOs.
+``file://``, ``binary://`` or ``ctrpy-crilog://`` URI in both stdout and stderr and makes no
+FIFOs.
 
 :class:`Attached` copies between this process's stdin/stdout/stderr and the FIFOs, one thread
 per stream:
@@ -68,11 +69,12 @@ NULL_IO = Config()
 
 
 def log_uri(uri: str) -> Config:
-    """Both outputs to ``uri`` (``file:///path`` or ``binary:///path?args``); no stdin.
+    """Both outputs to ``uri`` (``file:///path``, ``binary:///path?args``, or
+    ``ctrpy-crilog:///path`` for a log in Kubernetes' CRI format); no stdin.
 
     Raises InvalidArgument for other schemes."""
-    if not uri.startswith(("file://", "binary://")):
-        raise InvalidArgument(f'log uri "{uri}": must be file:// or binary://')
+    if not uri.startswith(("file://", "binary://", "ctrpy-crilog://")):
+        raise InvalidArgument(f'log uri "{uri}": must be file://, binary:// or ctrpy-crilog://')
     return Config(stdout=uri, stderr=uri)
 
 

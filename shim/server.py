@@ -220,6 +220,11 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
         return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=init.pid if init else 0, version=VERSION)
 
     @_errors
+    async def ReopenLog(self, request: pb.ReopenLogRequest, context: Any) -> pb.ReopenLogResponse:
+        self.task.reopen_log(request.id, request.exec_id)
+        return pb.ReopenLogResponse()
+
+    @_errors
     async def Shutdown(self, request: pb.ShutdownRequest, context: Any) -> pb.ShutdownResponse:
         if request.now or self.task.deleted:
             self.shutdown.set()

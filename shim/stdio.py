@@ -13,6 +13,9 @@ Where each of stdin, stdout and stderr goes is given as a path or URI:
 - ``binary:///path/to/logger?key=value``: the logger is started with the container's stdout
   and stderr as its fds 3 and 4, ``CONTAINER_ID`` and ``CONTAINER_NAMESPACE`` in its
   environment, and fd 5 to close once it is ready (containerd's logging protocol).
+- ``ctrpy-crilog:///path/to/file.log?max_line_size=N``: the shim itself writes the output to
+  the file in the CRI log format (:mod:`ctrpy.shim.crilog`); the container gets pipes (or its
+  terminal), which the shim reads. Usually in both stdout and stderr; the two share the file.
 
 With a terminal, runc hands the pty master to the shim over a console socket; the shim copies
 stdin -> master and master -> stdout, and applies window sizes to the master.
@@ -35,7 +38,7 @@ from urllib.parse import parse_qsl, urlparse
 
 from ctrpy.errors import CtrpyError, InvalidArgument
 
-from . import aio
+from . import aio, crilog
 from .reaper import Child, Reaper
 
 LOGGER_READY_TIMEOUT = 10.0
@@ -98,6 +101,9 @@ class ProcessIO:
         self._stdin_pump: asyncio.Task[None] | None = None
         self._stdin_closing = False
         self._stdin_wake: asyncio.Future[None] | None = None
+        self._logs: dict[str, crilog.LogFile] = {}  # CRI log files by path
+        self._log_sources: list[tuple[int, bytes, crilog.LogFile, int]] = []  # (pipe, stream, file, max)
+        self._tty_log: tuple[crilog.LogFile, int] | None = None  # the terminal's CRI log, max line
 
     # ---- opening --------------------------------------------------------------------------
 
@@ -113,6 +119,7 @@ class ProcessIO:
         p = self.paths
         if p.stdin:
             self._open_stdin(p.stdin)
+        self._open_cri_logs()
         if p.stdout.startswith("binary://") or p.stderr.startswith("binary://"):
             out_sink, err_sink = await self._start_logger(p.stdout or p.stderr)
         else:
@@ -124,7 +131,8 @@ class ProcessIO:
             else:
                 err_sink = self._open_sink(p.stderr, "stderr")
         if p.terminal:
-            self._tty_sink = out_sink if out_sink >= 0 else self._own(os.open(os.devnull, os.O_WRONLY))
+            if self._tty_log is None:
+                self._tty_sink = out_sink if out_sink >= 0 else self._own(os.open(os.devnull, os.O_WRONLY))
             self._listen_console()
             return
         for number, sink, path in ((1, out_sink, p.stdout), (2, err_sink, p.stderr)):
@@ -148,6 +156,30 @@ class ProcessIO:
         self._owned.append(fd)
         return fd
 
+    def _open_cri_logs(self) -> None:
+        """Open the CRI log files that stdout/stderr name, and the pipes the shim reads."""
+        p = self.paths
+        if not (crilog.is_uri(p.stdout) or crilog.is_uri(p.stderr)):
+            return
+        if p.stdout.startswith("binary://") or p.stderr.startswith("binary://"):
+            raise InvalidArgument("a logging binary and a CRI log cannot be combined")
+        streams = [(1, crilog.STDOUT, p.stdout)] + ([] if p.terminal else [(2, crilog.STDERR, p.stderr)])
+        for number, stream, uri in streams:
+            if not crilog.is_uri(uri):
+                continue
+            target = crilog.parse_uri(uri)
+            log_file = self._logs.get(target.path)
+            if log_file is None:
+                log_file = self._logs[target.path] = crilog.LogFile(target.path)
+            if p.terminal:
+                self._tty_log = (log_file, target.max_line_size)
+                continue
+            r, w = os.pipe()
+            self._owned.append(r)
+            self._after_start.append(w)
+            self.child_fds[number] = w
+            self._log_sources.append((r, stream, log_file, target.max_line_size))
+
     def _open_stdin(self, path: str) -> None:
         path = _strip(path)
         try:
@@ -165,8 +197,9 @@ class ProcessIO:
             self.child_fds[0] = r
 
     def _open_sink(self, path: str, what: str) -> int:
-        """An fd that output is written to: a FIFO, a file, or -1 for none."""
-        if not path:
+        """An fd that output is written to: a FIFO, a file, or -1 for none (and for a CRI
+        log, which :meth:`_open_cri_logs` has opened)."""
+        if not path or crilog.is_uri(path):
             return -1
         if path.startswith("file://"):
             target = urlparse(path).path
@@ -233,7 +266,15 @@ class ProcessIO:
         if self.paths.terminal:
             self._master = self._own(await self._receive_master())
             aio.set_nonblocking(self._master)
-            self._pumps.append(asyncio.create_task(self._pump_out(self._master, self._tty_sink)))
+            if self._tty_log is not None:
+                log_file, max_line = self._tty_log
+                pump = self._pump_log(self._master, crilog.STDOUT, log_file, max_line)
+            else:
+                pump = self._pump_out(self._master, self._tty_sink)
+            self._pumps.append(asyncio.create_task(pump))
+        for fd, stream, log_file, max_line in self._log_sources:
+            aio.set_nonblocking(fd)
+            self._pumps.append(asyncio.create_task(self._pump_log(fd, stream, log_file, max_line)))
         for src, sink in self._outputs:
             aio.set_nonblocking(src)
             self._pumps.append(asyncio.create_task(self._pump_out(src, sink)))
@@ -283,6 +324,30 @@ class ProcessIO:
             if src != self._master:
                 self._close_owned(src)
             self._close_owned(sink)
+
+    async def _pump_log(self, src: int, stream: bytes, log_file: crilog.LogFile, max_line: int) -> None:
+        """Copy one output stream into a CRI log, line by line, until end of file (or close()).
+
+        The unterminated rest is written as partial records however the copy ends.
+        """
+        lines = crilog.LineSplitter(max_line)
+        try:
+            while True:
+                data = await aio.read_some(src)
+                if not data:
+                    return
+                log_file.write(stream, lines.feed(data))
+        except OSError:
+            return
+        finally:
+            log_file.write(stream, lines.finish())
+            if src != self._master:
+                self._close_owned(src)
+
+    def reopen_logs(self) -> None:
+        """Reopen every CRI log file by its path (after rotation); CtrpyError on failure."""
+        for log_file in self._logs.values():
+            log_file.reopen()
 
     async def _pump_in(self, src: int, dst: int) -> None:
         try:
@@ -341,6 +406,9 @@ class ProcessIO:
             aio.close_fd(fd)
         self._after_start.clear()
         self._owned.clear()
+        for log_file in self._logs.values():
+            log_file.close()
+        self._logs.clear()
         if self._logger is not None:
             await _stop_logger(self._logger)
             self._logger = None
@@ -370,7 +438,7 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 def _is_fifo_uri(path: str) -> bool:
     """Whether output to ``path`` is copied through a pipe (FIFOs) or written directly."""
-    if not path or path.startswith(("binary://", "file://")):
+    if not path or path.startswith(("binary://", "file://")) or crilog.is_uri(path):
         return False
     return _is_fifo(_strip(path))
 

@@ -448,6 +448,17 @@ class Task:
         if proc.io is not None:
             proc.io.close_stdin()
 
+    def reopen_log(self, container_id: str, exec_id: str = "") -> None:
+        """Reopen the process's CRI log file by its path (after rotation). FailedPrecondition
+        unless the process runs (a paused one counts, as it does for the CRI); a process
+        without a CRI log has nothing to reopen."""
+        proc = self.process(container_id, exec_id)
+        if proc.state not in (State.RUNNING, State.PAUSED):
+            what = f'process "{exec_id}"' if exec_id else f'container "{container_id}"'
+            raise FailedPrecondition(f"{what} is not running")
+        if proc.io is not None:
+            proc.io.reopen_logs()
+
     def resize(self, container_id: str, exec_id: str, width: int, height: int) -> None:
         """Set the window size of the process's pty; a process without one has nothing to
         resize, and (as with containerd's shim) that is not an error."""

@@ -361,7 +361,7 @@ def rm(client: Client, args: argparse.Namespace) -> int:
 def add_io_flags(parser: argparse.ArgumentParser, *, null_io: bool = True) -> None:
     if null_io:
         parser.add_argument("--null-io", action="store_true", help="send all IO to /dev/null")
-    parser.add_argument("--log-uri", default="", help="send output to a file:// or binary:// URI")
+    parser.add_argument("--log-uri", default="", help="send output to a file://, binary:// or ctrpy-crilog:// URI")
     parser.add_argument("--fifo-dir", default=None, help="directory for the IO FIFOs (default /run/ctrpy/fifo)")
 
 

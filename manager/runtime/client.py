@@ -65,7 +65,8 @@ DEFAULT_TIMEOUTS = ShimTimeouts()
 
 @dataclass(frozen=True)
 class Stdio:
-    """Where a process's stdio goes: FIFO paths, ``file://``/``binary://`` URIs, or ""."""
+    """Where a process's stdio goes: FIFO paths, ``file://``/``binary://``/``ctrpy-crilog://``
+    URIs, or ""."""
 
     stdin: str = ""
     stdout: str = ""
@@ -372,6 +373,13 @@ class ShimClient:
             exit_status=r.exit_status,
             exited_at_ns=_ns(r.exited_at) if r.HasField("exited_at") else 0,
         )
+
+    async def reopen_log(self, exec_id: str = "") -> None:
+        """Make the shim reopen the process's CRI log (``ctrpy-crilog://`` stdio) by its path,
+        after the file was renamed for rotation: CRI's ReopenContainerLog. FailedPrecondition
+        when the process is not running, NotFound when the task is gone; a process whose
+        output goes elsewhere has nothing to reopen (no error)."""
+        await self._call(self._stub.ReopenLog, pb.ReopenLogRequest(id=self.id, exec_id=exec_id))
 
     async def shutdown(self, *, now: bool = False) -> None:
         """Ask the shim to exit (it does once its task is deleted, or at once with ``now``)."""

@@ -117,6 +117,11 @@ class TaskServiceStub:
                 request_serializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.ReopenLog = channel.unary_unary(
+                '/ctrpy.shim.v1.TaskService/ReopenLog',
+                request_serializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ReopenLogRequest.SerializeToString,
+                response_deserializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ReopenLogResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -245,6 +250,17 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReopenLog(self, request, context):
+        """ReopenLog closes a process's CRI log file (stdio given as
+        ctrpy-crilog:// URIs) and opens its path again, after the kubelet renamed
+        the file to rotate it (the CRI's ReopenContainerLog). FailedPrecondition
+        unless the process is running (or paused); a process whose output goes
+        elsewhere has nothing to reopen and gets an empty answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -327,6 +343,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ShutdownRequest.FromString,
                     response_serializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'ReopenLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenLog,
+                    request_deserializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ReopenLogRequest.FromString,
+                    response_serializer=ctrpy_dot_shim_dot_v1_dot_shim__pb2.ReopenLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -764,6 +785,33 @@ class TaskService:
             '/ctrpy.shim.v1.TaskService/Shutdown',
             ctrpy_dot_shim_dot_v1_dot_shim__pb2.ShutdownRequest.SerializeToString,
             ctrpy_dot_shim_dot_v1_dot_shim__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctrpy.shim.v1.TaskService/ReopenLog',
+            ctrpy_dot_shim_dot_v1_dot_shim__pb2.ReopenLogRequest.SerializeToString,
+            ctrpy_dot_shim_dot_v1_dot_shim__pb2.ReopenLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

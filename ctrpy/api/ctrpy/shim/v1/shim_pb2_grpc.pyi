@@ -99,6 +99,13 @@ class TaskServiceStub:
     """Shutdown asks the shim to exit once its task is deleted (or at once when
     `now` is set, abandoning the container).
     """
+    ReopenLog: _grpc.UnaryUnaryMultiCallable[_shim_pb2.ReopenLogRequest, _shim_pb2.ReopenLogResponse]
+    """ReopenLog closes a process's CRI log file (stdio given as
+    ctrpy-crilog:// URIs) and opens its path again, after the kubelet renamed
+    the file to rotate it (the CRI's ReopenContainerLog). FailedPrecondition
+    unless the process is running (or paused); a process whose output goes
+    elsewhere has nothing to reopen and gets an empty answer.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -155,6 +162,13 @@ class TaskServiceAsyncStub(TaskServiceStub):
     Shutdown: _aio.UnaryUnaryMultiCallable[_shim_pb2.ShutdownRequest, _shim_pb2.ShutdownResponse]  # type: ignore[assignment]
     """Shutdown asks the shim to exit once its task is deleted (or at once when
     `now` is set, abandoning the container).
+    """
+    ReopenLog: _aio.UnaryUnaryMultiCallable[_shim_pb2.ReopenLogRequest, _shim_pb2.ReopenLogResponse]  # type: ignore[assignment]
+    """ReopenLog closes a process's CRI log file (stdio given as
+    ctrpy-crilog:// URIs) and opens its path again, after the kubelet renamed
+    the file to rotate it (the CRI's ReopenContainerLog). FailedPrecondition
+    unless the process is running (or paused); a process whose output goes
+    elsewhere has nothing to reopen and gets an empty answer.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -305,6 +319,19 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_shim_pb2.ShutdownResponse, _abc.Awaitable[_shim_pb2.ShutdownResponse]]:
         """Shutdown asks the shim to exit once its task is deleted (or at once when
         `now` is set, abandoning the container).
+        """
+
+    @_abc_1.abstractmethod
+    def ReopenLog(
+        self,
+        request: _shim_pb2.ReopenLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shim_pb2.ReopenLogResponse, _abc.Awaitable[_shim_pb2.ReopenLogResponse]]:
+        """ReopenLog closes a process's CRI log file (stdio given as
+        ctrpy-crilog:// URIs) and opens its path again, after the kubelet renamed
+        the file to rotate it (the CRI's ReopenContainerLog). FailedPrecondition
+        unless the process is running (or paused); a process whose output goes
+        elsewhere has nothing to reopen and gets an empty answer.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
