@@ -18,6 +18,11 @@ The points (each is one ``failpoints.hit(...)`` line in the code it names):
     rest of the layer's stream still unread.
 ``content.commit.before-rename``
     Writer.commit: the ingest's data is fsynced and verified, not yet renamed into ``blobs/``.
+``sandbox.run.after-record``, ``sandbox.run.after-netns``, ``sandbox.run.after-cni``,
+``sandbox.run.after-snapshot``, ``sandbox.run.after-task-create``
+    RunPodSandbox (manager/cri/sandboxes.py): the sandbox record is written; the netns is
+    pinned; CNI ADD is done; the pause container and its snapshot exist; the pause task is
+    created (its shim runs), not started.
 
 Before it dies, the process writes ``ctrpy failpoint <name>: killing pid <pid>`` to stderr
 (unbuffered), so that a test can tell the failpoint from an unrelated crash.
@@ -35,6 +40,11 @@ CONTAINERS_CREATE_AFTER_COMMIT = "containers.create.after-commit"
 TASKS_CREATE_AFTER_BUNDLE = "tasks.create.after-bundle"
 DIFF_APPLY_MID_LAYER = "diff.apply.mid-layer"
 CONTENT_COMMIT_BEFORE_RENAME = "content.commit.before-rename"
+SANDBOX_RUN_AFTER_RECORD = "sandbox.run.after-record"
+SANDBOX_RUN_AFTER_NETNS = "sandbox.run.after-netns"
+SANDBOX_RUN_AFTER_CNI = "sandbox.run.after-cni"
+SANDBOX_RUN_AFTER_SNAPSHOT = "sandbox.run.after-snapshot"
+SANDBOX_RUN_AFTER_TASK_CREATE = "sandbox.run.after-task-create"
 
 #: Every point the code defines; :func:`parse` refuses any other name.
 NAMES = frozenset(
@@ -43,6 +53,11 @@ NAMES = frozenset(
         TASKS_CREATE_AFTER_BUNDLE,
         DIFF_APPLY_MID_LAYER,
         CONTENT_COMMIT_BEFORE_RENAME,
+        SANDBOX_RUN_AFTER_RECORD,
+        SANDBOX_RUN_AFTER_NETNS,
+        SANDBOX_RUN_AFTER_CNI,
+        SANDBOX_RUN_AFTER_SNAPSHOT,
+        SANDBOX_RUN_AFTER_TASK_CREATE,
     }
 )
 

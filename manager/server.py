@@ -15,7 +15,7 @@ import functools
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -188,12 +188,14 @@ async def _transfer(
 
 
 def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Transfers, exchange: Exchange,
-         gc: Scheduler, services: Services) -> None:
+         gc: Scheduler, services: Services) -> Callable[[TaskManager, ContainerStore, dict[str, SnapshotStore]],
+                                                        Coroutine[Any, Any, None]] | None:
     """Serve Kubernetes' CRI (runtime.v1 RuntimeService and ImageService) on the same socket, when
-    ``[cri] enabled``: images through the same stores and puller as Transfer, in ``k8s.io``."""
+    ``[cri] enabled``: images through the same stores and puller as Transfer, in ``k8s.io``.
+    Returns what attaches the pod sandboxes once the task manager has recovered its shims."""
     cri = config.cri
     if not cri.enabled:
-        return
+        return None
     # Imported here: the CRI's generated API alone costs about 2 MiB that a daemon with the CRI
     # switched off does not pay.
     from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as cri_pb2
@@ -212,12 +214,23 @@ def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Tr
     snapshot_root = config.root / "snapshots" / config.default_snapshotter
     filesystem = UsageSampler(snapshot_root if config.default_snapshotter not in config.proxy_plugins else None,
                               float(cri.stats_collect_period))
-    services.add("cri", RuntimeServicer(RuntimeState(cri)), cri_pb2_grpc.add_RuntimeServiceServicer_to_server,
+    runtime_servicer = RuntimeServicer(RuntimeState(cri))
+    services.add("cri", runtime_servicer, cri_pb2_grpc.add_RuntimeServiceServicer_to_server,
                  cri_pb2.DESCRIPTOR.services_by_name["RuntimeService"],
                  requires=("io.containerd.event.v1", "io.containerd.service.v1"))
     # One plugin (cri) serves both services, as in containerd.
-    cri_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(backends, filesystem), services.server)
+    image_servicer = ImageServicer(backends, filesystem)
+    cri_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, services.server)
     services.names.append(cri_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name)
+
+    async def attach_sandboxes(tasks: TaskManager, containers: ContainerStore,
+                               snapshots: dict[str, SnapshotStore]) -> None:
+        from .cri.sandbox_setup import start_sandboxes
+
+        runtime_servicer.sandboxes = await start_sandboxes(config, db, containers, snapshots, tasks, exchange,
+                                                           image_servicer.images)
+
+    return attach_sandboxes
 
 
 def _host_arch() -> str:
@@ -301,7 +314,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
                      requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
         transfers = await _transfer(config, db, content, snapshot_stores, exchange, limits, services, stack)
-        _cri(config, db, content, transfers, exchange, gc_scheduler, services)
+        attach_cri = _cri(config, db, content, transfers, exchange, gc_scheduler, services)
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
         launcher = ShimLauncher(
@@ -312,6 +325,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         stack.push_async_callback(launcher.close)
         task_manager = TaskManager(config.state, launcher, exchange, dict(config.runtimes))
         await task_manager.recover()
+        if attach_cri is not None:
+            await attach_cri(task_manager, container_store, snapshot_stores)
         stack.push_async_callback(task_manager.close)
         services.add("tasks", TasksServicer(db, container_store, task_manager),
                      tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],

@@ -3,7 +3,8 @@
 The commands speak ``runtime.v1`` to the same socket (``--address``) through
 :class:`ctrpy.cri.CriClient`; the namespace option does not apply (the runtime works in
 ``k8s.io``). Served now: ``version``, ``info``, ``images``, ``pull``, ``inspecti``, ``rmi``,
-``imagefsinfo``. Each verb is one entry of :data:`VERBS`, so that pods and containers (``runp``,
+``imagefsinfo``, and for pods ``runp``, ``pods``, ``inspectp``, ``stopp``, ``rmp`` (in
+:mod:`.cri_pods`). Each verb is one entry of :data:`VERBS`, so that pods and containers (``runp``,
 ``create``, ``ps``, ...) are added the same way. Output is crictl's: tables for people, JSON
 for ``info`` and ``inspecti`` (and for everything with ``--format json``).
 """
@@ -24,7 +25,7 @@ from ctrpy.client import Client
 from ctrpy.cri import CriClient
 from ctrpy.errors import InvalidArgument
 
-from . import output
+from . import cri_pods, output
 from .common import verb, verbs
 from .progress import human_bytes
 
@@ -186,6 +187,7 @@ VERBS: dict[str, tuple[str, CriCommand, Callable[[argparse.ArgumentParser], None
     "inspecti": ("an image's status", inspecti, _image_names, ()),
     "rmi": ("remove images (every tag)", rmi, _image_names, ()),
     "imagefsinfo": ("the image filesystem's usage", imagefsinfo, None, ()),
+    **cri_pods.VERBS,
 }
 
 

@@ -9,13 +9,16 @@ a client gets a clear answer rather than grpc's generic one.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ctrpy import __version__, errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2_grpc as api_grpc
 
 from .runtime import RuntimeState
+
+if TYPE_CHECKING:
+    from .sandbox_service import SandboxCalls
 
 #: What containerd answers for the kubelet runtime API version and the CRI version.
 KUBE_API_VERSION = "0.1.0"
@@ -62,31 +65,38 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
             self.state.pod_cidr = cidr
         return api.UpdateRuntimeConfigResponse()
 
-    # -- pod sandboxes ------------------------------------------------------------------------
+    # -- pod sandboxes (see .sandbox_service; attached once the task manager has recovered) ----
+
+    sandboxes: SandboxCalls | None = None
+
+    def _sandboxes(self) -> SandboxCalls:
+        if self.sandboxes is None:
+            raise errors.Unavailable("pod sandboxes are not ready yet: ctrpyd is starting")
+        return self.sandboxes
 
     async def RunPodSandbox(self, request: api.RunPodSandboxRequest, context: object) -> api.RunPodSandboxResponse:
-        _unimplemented("RunPodSandbox")
+        return await self._sandboxes().run(request)
 
     async def StopPodSandbox(self, request: api.StopPodSandboxRequest,
                              context: object) -> api.StopPodSandboxResponse:
-        _unimplemented("StopPodSandbox")
+        return await self._sandboxes().stop(request)
 
     async def RemovePodSandbox(self, request: api.RemovePodSandboxRequest,
                                context: object) -> api.RemovePodSandboxResponse:
-        _unimplemented("RemovePodSandbox")
+        return await self._sandboxes().remove(request)
 
     async def PodSandboxStatus(self, request: api.PodSandboxStatusRequest,
                                context: object) -> api.PodSandboxStatusResponse:
-        _unimplemented("PodSandboxStatus")
+        return await self._sandboxes().status(request)
 
     async def ListPodSandbox(self, request: api.ListPodSandboxRequest,
                              context: object) -> api.ListPodSandboxResponse:
-        _unimplemented("ListPodSandbox")
+        return await self._sandboxes().list_sandboxes(request)
 
     async def StreamPodSandboxes(self, request: api.StreamPodSandboxesRequest,
                                  context: object) -> AsyncIterator[api.StreamPodSandboxesResponse]:
-        _unimplemented("StreamPodSandboxes")
-        yield api.StreamPodSandboxesResponse()  # unreachable: makes this an async generator
+        async for batch in self._sandboxes().stream(request):
+            yield batch
 
     async def UpdatePodSandboxResources(self, request: api.UpdatePodSandboxResourcesRequest,
                                         context: object) -> api.UpdatePodSandboxResourcesResponse:

@@ -11,6 +11,7 @@ while a ctrpyd serves the root); tests and other tools may call any check or rep
 - :mod:`.procs`: shim and template processes from /proc.
 - :mod:`.tasks`: mounts, bundles, shims, sockets and runtime state under ``<state>``.
 - :mod:`.snapshots`: snapshotter directories and records, and meta.db's snapshot rows.
+- :mod:`.cri`: pinned netns and CNI attachments no pod sandbox claims, half-made sandboxes.
 - :mod:`.temp`: ``new-*``/``rm-*`` snapshot directories and ``<root>/tmpmounts``.
 - :mod:`.content`: ingests, content rows and images whose blobs are missing.
 - :mod:`.runner`: the list of checks and repairs; ``examine``, ``repair``, ``run``.

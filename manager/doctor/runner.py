@@ -18,7 +18,7 @@ import structlog
 from ctrpy.errors import CtrpyError, FailedPrecondition
 
 from ..rootlock import daemon_running, holding_root
-from . import content, snapshots, tasks, temp
+from . import content, cri, snapshots, tasks, temp
 from .model import Check, Finding, Outcome, Repair, Report, Target
 
 __all__ = ["CHECKS", "REPAIRS", "examine", "repair", "run"]
@@ -27,8 +27,9 @@ log = structlog.get_logger(__name__)
 
 #: Every check, by name, in the order they run (and repairs are applied): processes first,
 #: then what they held (bundles, runtime state, mounts, sockets), then the stores.
-CHECKS: list[tuple[str, Check]] = [*tasks.CHECKS, *snapshots.CHECKS, *temp.CHECKS, *content.CHECKS]
-REPAIRS: dict[str, Repair] = {**tasks.REPAIRS, **snapshots.REPAIRS, **temp.REPAIRS, **content.REPAIRS}
+CHECKS: list[tuple[str, Check]] = [*tasks.CHECKS, *cri.CHECKS, *snapshots.CHECKS, *temp.CHECKS, *content.CHECKS]
+REPAIRS: dict[str, Repair] = {**tasks.REPAIRS, **cri.REPAIRS, **snapshots.REPAIRS, **temp.REPAIRS,
+                              **content.REPAIRS}
 #: Examinations after the first, each following a round of repairs.
 MAX_ROUNDS = 4
 

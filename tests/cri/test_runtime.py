@@ -19,7 +19,10 @@ from ctrpy.errors import NotImplemented as Unimplemented
 from tests.cri.conftest import CriDaemon
 from tests.support.ctrpyd import Daemon
 
-SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
+SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig",
+          # pod sandboxes: tests/cri_sandbox
+          "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
+          "StreamPodSandboxes"}
 CONFLIST = {"cniVersion": "1.0.0", "name": "ctrpy-test",
             "plugins": [{"type": "bridge", "bridge": "cni0"}, {"type": "loopback"}]}
 

@@ -1,0 +1,480 @@
+"""Pod sandboxes: the lifecycle behind RunPodSandbox, StopPodSandbox and RemovePodSandbox.
+
+A sandbox is a pause container in the ``k8s.io`` namespace (a container record labelled
+``io.cri-containerd.kind=sandbox``, a snapshot on the sandbox image, a task in a shim, all made
+through the same stores and task manager as the containerd API, so ``ctr -n k8s.io`` sees them),
+a pinned network namespace attached by CNI, and a few files (hostname, hosts, resolv.conf, a
+tmpfs for ``/dev/shm``). containerd's order is kept: name reserved, netns, CNI ADD, container,
+task created and started.
+
+Crash consistency: the record (:mod:`.sandbox_store`) lists each step *before* the step is
+taken and is written again with what it made. :meth:`Sandboxes.reconcile`, at start-up, undoes
+every sandbox still being made (its steps in reverse: task, shm, CNI DEL, netns, snapshot,
+container, files, record), finishes stops that were cut short, and removes what no record
+claims: pinned netns files, CNI cache entries (DEL, so the IPAM frees the address), sandbox
+containers and their snapshots, file directories and shm mounts. So a kill -9 anywhere in
+RunPodSandbox leaves nothing after the restart.
+
+A creation runs as its own asyncio task, shielded from the caller: when the kubelet's call
+times out and it retries with the same name, the retry waits for the same creation and gets
+its id, instead of "name is reserved" until the first one is cleaned up. A finished sandbox of
+the same name and config is answered with its id too (what CRI-O does); another config under a
+taken name is refused as containerd refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from ctrpy.api.containerd.events import container_pb2 as container_events
+from ctrpy.api.containerd.events import snapshot_pb2 as snapshot_events
+from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
+from ctrpy.errors import AlreadyExists, CtrpyError, InvalidArgument, NotFound
+from ctrpy.mount import Mount, mount, unmount_all
+from ctrpy.oci.layout import spec_json
+from ctrpy.records import AnyValue, Container, Runtime
+
+from .. import failpoints
+from ..events import Exchange
+from ..metadata.containers import ContainerStore
+from ..metadata.db import Database
+from ..metadata.snapshots import SnapshotStore
+from ..runtime import Stdio
+from ..tasks.manager import TaskManager
+from . import netns as netns_mod
+from . import podspec
+from .cni import CNI, DnsConfig, PodRequest, PortMapping
+from .sandbox_store import CREATING, READY, STOPPED, SandboxRecord, SandboxStore
+
+log = structlog.get_logger(__name__)
+
+NAMESPACE = "k8s.io"
+KIND_LABEL = "io.cri-containerd.kind"
+KIND_SANDBOX = "sandbox"
+METADATA_EXTENSION = "io.cri-containerd.sandbox.metadata"
+METADATA_URL = "github.com/containerd/cri/pkg/store/sandbox/Metadata"
+SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+DEFAULT_RUNTIME = "io.containerd.runc.v2"
+STOP_TIMEOUT = 30.0
+RECONCILE_TIMEOUT = 60.0
+
+# Steps, in the order RunPodSandbox takes them.
+STEP_NETNS = "netns"
+STEP_CNI = "cni"
+STEP_SHM = "shm"
+STEP_CONTAINER = "container"
+STEP_SNAPSHOT = "snapshot"
+STEP_TASK = "task"
+#: What StopPodSandbox undoes; RemovePodSandbox undoes the rest.
+STOP_STEPS = (STEP_TASK, STEP_SHM, STEP_CNI, STEP_NETNS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxImage:
+    """The sandbox image as the pod uses it: name, id, top snapshot and config document."""
+
+    name: str
+    id: str
+    chain_id: str
+    config: Mapping[str, Any]
+
+
+#: Finds (importing or pulling when needed) the sandbox image in ``k8s.io``.
+ImageProvider = Callable[[], Awaitable[SandboxImage]]
+#: Called with (container id, sandbox id, CRI event type) for GetContainerEvents, later.
+Listener = Callable[[str, str, int], None]
+#: Called with a sandbox id before its pause task is killed: the container layer stops the
+#: pod's containers there (StopPodSandbox stops them first, as containerd's does).
+BeforeStop = Callable[[str], Awaitable[None]]
+
+
+def sandbox_name(meta: api.PodSandboxMetadata) -> str:
+    """The reserved name, as containerd makes it: ``<name>_<namespace>_<uid>_<attempt>``."""
+    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+
+
+def _config_bytes(config: api.PodSandboxConfig) -> bytes:
+    return config.SerializeToString(deterministic=True)
+
+
+class Sandboxes:
+    """Every pod sandbox of one ctrpyd. Methods run on the event loop in namespace ``k8s.io``."""
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        state: str,
+        db: Database,
+        containers: ContainerStore,
+        snapshots: Mapping[str, SnapshotStore],
+        snapshotter: str,
+        tasks: TaskManager,
+        exchange: Exchange,
+        cni: CNI,
+        image: ImageProvider,
+        runtimes: Mapping[str, str],
+    ) -> None:
+        self.store = SandboxStore.under(root)
+        self.state = state
+        self.db, self.containers, self.snapshots = db, containers, snapshots
+        self.snapshotter = snapshotter
+        self.tasks, self.exchange, self.cni = tasks, exchange, cni
+        self.image = image
+        self.runtimes = runtimes
+        self.listeners: list[Listener] = []
+        self.before_stop: list[BeforeStop] = []
+        self._creating: dict[str, tuple[bytes, asyncio.Task[str]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def shm_dir(self, sandbox_id: str) -> str:
+        return os.path.join(self.state, "cri", "sandboxes", sandbox_id, "shm")
+
+    async def put(self, record: SandboxRecord) -> SandboxRecord:
+        return await asyncio.to_thread(self.store.put, record)
+
+    def _notify(self, sandbox_id: str, event: int) -> None:
+        for listener in list(self.listeners):
+            with contextlib.suppress(Exception):
+                listener(sandbox_id, sandbox_id, event)
+
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        """The record of ``sandbox_id``, or of the only sandbox whose id starts with it."""
+        with contextlib.suppress(NotFound):
+            return self.store.get(sandbox_id)
+        if sandbox_id:
+            found = [r for r in self.store.all() if r.id.startswith(sandbox_id)]
+            if len(found) == 1:
+                return found[0]
+        raise NotFound(f'an error occurred when try to find sandbox "{sandbox_id}"')
+
+    def list(self) -> list[SandboxRecord]:
+        return [r for r in self.store.all() if r.phase != CREATING]
+
+    def files(self, sandbox_id: str) -> dict[str, str]:
+        """Paths of the pod's hostname, hosts and resolv.conf (``podspec.write_files``'s), which
+        the pod's containers bind-mount."""
+        directory = self.store.files_dir(sandbox_id)
+        return {name: os.path.join(directory, name) for name in ("hostname", "hosts", "resolv.conf")}
+
+    @staticmethod
+    def config_of(record: SandboxRecord) -> api.PodSandboxConfig:
+        """The PodSandboxConfig the sandbox was run with."""
+        return api.PodSandboxConfig.FromString(record.config)
+
+    # -- run ----------------------------------------------------------------------------------
+
+    async def run(self, config: api.PodSandboxConfig, runtime_handler: str = "") -> str:
+        """RunPodSandbox: make the sandbox (or find the one this retry asked for); its id."""
+        meta = config.metadata
+        if not meta.name or not meta.namespace or not meta.uid:
+            raise InvalidArgument("sandbox config must include metadata with name, namespace and uid")
+        runtime = self.runtime_name(runtime_handler)
+        name = sandbox_name(meta)
+        raw = _config_bytes(config)
+        pending = self._creating.get(name)
+        if pending is not None:
+            if pending[0] != raw:
+                raise AlreadyExists(f'failed to reserve sandbox name "{name}": it is being created')
+            return await asyncio.shield(pending[1])
+        for record in self.store.all():
+            if record.name != name:
+                continue
+            if record.config == raw and record.phase == READY:
+                return record.id  # a retry of a creation that finished meanwhile
+            raise AlreadyExists(f'failed to reserve sandbox name "{name}": name "{name}" is reserved for "{record.id}"')
+        sandbox_id = secrets.token_hex(32)
+        job = asyncio.get_running_loop().create_task(self._create(sandbox_id, name, config, raw, runtime,
+                                                                  runtime_handler))
+        self._creating[name] = (raw, job)
+        job.add_done_callback(lambda done: self._created(name, done))
+        return await asyncio.shield(job)
+
+    def _created(self, name: str, job: asyncio.Task[str]) -> None:
+        """A creation ended: free the name for the retry logic; a failure that no caller was
+        left to hear (the kubelet gave up) is already undone, and logged here."""
+        self._creating.pop(name, None)
+        if not job.cancelled() and job.exception() is not None:
+            log.info("RunPodSandbox ended with an error", name=name, error=str(job.exception()))
+
+    def runtime_name(self, handler: str) -> str:
+        if not handler or handler == "runc":
+            return DEFAULT_RUNTIME
+        if handler in self.runtimes:
+            return handler
+        raise InvalidArgument(f'no runtime for "{handler}" is configured')
+
+    _runtime = runtime_name  # the name the container layer calls it by
+
+    async def _create(self, sandbox_id: str, name: str, config: api.PodSandboxConfig, raw: bytes,
+                      runtime: str, handler: str) -> str:
+        record = SandboxRecord(sandbox_id, name, raw, time.time_ns(), runtime_handler=handler,
+                               snapshotter=self.snapshotter)
+        async with self._lock(sandbox_id):
+            record = await self.put(record)
+            failpoints.hit(failpoints.SANDBOX_RUN_AFTER_RECORD)
+            try:
+                record = await self._make(record, config, runtime)
+            except BaseException as exc:
+                log.warning("RunPodSandbox failed: undoing", id=sandbox_id, error=str(exc))
+                await asyncio.shield(self._undo_quietly(self.store.get(sandbox_id)))
+                raise
+        self._notify(sandbox_id, api.CONTAINER_CREATED_EVENT)
+        self._notify(sandbox_id, api.CONTAINER_STARTED_EVENT)
+        return sandbox_id
+
+    async def _undo_quietly(self, record: SandboxRecord) -> None:
+        try:
+            await self.teardown(record, remove=True, best_effort=True)
+        except (CtrpyError, OSError) as exc:
+            log.error("undoing a failed sandbox left something behind (reconciled at restart)",
+                      id=record.id, error=str(exc))
+
+    async def _make(self, record: SandboxRecord, config: api.PodSandboxConfig, runtime: str) -> SandboxRecord:
+        image = await self.image()
+        record = await self.put(dataclasses.replace(record, image=image.name, image_id=image.id))
+        options = config.linux.security_context.namespace_options
+        if options.network != api.NODE:
+            record = await self.put(record.with_step(STEP_NETNS))
+            path = await asyncio.to_thread(netns_mod.create, self.state)
+            record = await self.put(dataclasses.replace(record, netns=path))
+            failpoints.hit(failpoints.SANDBOX_RUN_AFTER_NETNS)
+            record = await self.put(record.with_step(STEP_CNI))
+            network = await self.cni.setup(self._pod_request(record, config))
+            record = await self.put(dataclasses.replace(record, ips=tuple(ip.ip for ip in network.ips())))
+            failpoints.hit(failpoints.SANDBOX_RUN_AFTER_CNI)
+        files = await asyncio.to_thread(podspec.write_files, self.store.files_dir(record.id), config)
+        shm = ""
+        if options.ipc != api.NODE:
+            shm = self.shm_dir(record.id)
+            record = await self.put(dataclasses.replace(record.with_step(STEP_SHM), shm=shm))
+            await asyncio.to_thread(_mount_shm, shm)
+        spec = podspec.sandbox_spec(record.id, config, image.config, namespace=NAMESPACE, image=image.name,
+                                    netns=record.netns, files=files, shm=shm)
+        record = await self.put(record.with_step(STEP_CONTAINER))
+        container = await self.db.run(self.containers.create, self._container(record, config, spec, runtime))
+        self.exchange.publish(NAMESPACE, "/containers/create", container_events.ContainerCreate(
+            id=container.id, image=container.image,
+            runtime=container_events.ContainerCreate.Runtime(name=container.runtime.name)))
+        record = await self.put(record.with_step(STEP_SNAPSHOT))
+        store = self._snapshot_store(record)
+        mounts = await store.prepare(record.id, image.chain_id)
+        self.exchange.publish(NAMESPACE, "/snapshot/prepare", snapshot_events.SnapshotPrepare(
+            key=record.id, parent=image.chain_id, snapshotter=store.name))
+        failpoints.hit(failpoints.SANDBOX_RUN_AFTER_SNAPSHOT)
+        record = await self.put(record.with_step(STEP_TASK))
+        task = await self.tasks.create(container, mounts, Stdio(), None)
+        failpoints.hit(failpoints.SANDBOX_RUN_AFTER_TASK_CREATE)
+        assert task.client is not None
+        pid = await task.client.start()
+        return await self.put(dataclasses.replace(record, phase=READY, pid=pid))
+
+    def _pod_request(self, record: SandboxRecord, config: api.PodSandboxConfig | None) -> PodRequest:
+        if config is None:
+            config = api.PodSandboxConfig.FromString(record.config)
+        meta = config.metadata
+        ports = tuple(
+            PortMapping(p.host_port, p.container_port, api.Protocol.Name(p.protocol).lower(), p.host_ip)
+            for p in config.port_mappings
+        )
+        dns = None
+        if config.HasField("dns_config"):
+            d = config.dns_config
+            dns = DnsConfig(tuple(d.servers), tuple(d.searches), tuple(d.options))
+        return PodRequest(record.id, record.netns, meta.namespace, meta.name, meta.uid, ports, dns)
+
+    def _snapshot_store(self, record: SandboxRecord) -> SnapshotStore:
+        store = self.snapshots.get(record.snapshotter or self.snapshotter)
+        if store is None:
+            raise InvalidArgument(f"snapshotter not loaded: {record.snapshotter}")
+        return store
+
+    def _container(self, record: SandboxRecord, config: api.PodSandboxConfig, spec: dict[str, Any],
+                   runtime: str) -> Container:
+        labels = {k: v for k, v in config.labels.items() if v}
+        labels[KIND_LABEL] = KIND_SANDBOX
+        metadata = {"ID": record.id, "Name": record.name, "NetNSPath": record.netns,
+                    "RuntimeHandler": record.runtime_handler,
+                    "Config": json.loads(_message_json(config))}
+        return Container(
+            id=record.id,
+            labels=MappingProxyType(labels),
+            image=record.image,
+            runtime=Runtime(name=runtime),
+            spec=AnyValue(SPEC_URL, spec_json(spec)),
+            snapshotter=record.snapshotter,
+            snapshot_key=record.id,
+            extensions=MappingProxyType({METADATA_EXTENSION: AnyValue(METADATA_URL, json.dumps(metadata).encode())}),
+        )
+
+    # -- stop and remove ----------------------------------------------------------------------
+
+    async def stop(self, sandbox_id: str) -> None:
+        """StopPodSandbox: kill the pause task, DEL the network, remove the netns. A missing
+        sandbox is fine (the CRI asks stop to be idempotent)."""
+        try:
+            record = self.get(sandbox_id)
+        except NotFound:
+            return
+        async with self._lock(record.id):
+            record = self.store.get(record.id)
+            if record.phase == CREATING:
+                raise InvalidArgument(f'sandbox "{record.id}" is being created')
+            await self.stop_steps(record)
+            steps = tuple(s for s in record.steps if s not in STOP_STEPS)
+            await self.put(dataclasses.replace(record, phase=STOPPED, steps=steps))
+        self._notify(record.id, api.CONTAINER_STOPPED_EVENT)
+
+    async def remove(self, sandbox_id: str) -> None:
+        """RemovePodSandbox: stop it if it is not, then remove its container, snapshot, files
+        and record. A missing sandbox is fine."""
+        try:
+            record = self.get(sandbox_id)
+        except NotFound:
+            return
+        async with self._lock(record.id):
+            record = self.store.get(record.id)
+            if record.phase == CREATING:
+                raise InvalidArgument(f'sandbox "{record.id}" is being created')
+            await self.teardown(record, remove=True)
+        self._locks.pop(record.id, None)
+        self._notify(record.id, api.CONTAINER_DELETED_EVENT)
+
+    async def stop_steps(self, record: SandboxRecord, *, best_effort: bool = False) -> None:
+        """Undo the steps StopPodSandbox undoes, last made first; each one idempotent.
+
+        Strict (StopPodSandbox, as containerd's): a failed CNI DEL fails the stop and keeps the
+        netns, so that the retry can DEL again with it. ``best_effort`` (undoing a failed or
+        half-made RunPodSandbox): every step is tried, failures are logged, and whatever is
+        left (a CNI cache entry, a netns file) is found again by the start-up reconcile."""
+        steps = set(record.steps)
+        work: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            (f"before-stop hook {n}", functools.partial(hook, record.id)) for n, hook in enumerate(self.before_stop)
+        ]
+        if STEP_TASK in steps:
+            work.append((STEP_TASK, functools.partial(self.kill_task, record.id)))
+        if STEP_SHM in steps and record.shm:
+            work.append((STEP_SHM, functools.partial(asyncio.to_thread, unmount_shm, record.shm)))
+        if STEP_CNI in steps:
+            work.append((STEP_CNI, functools.partial(self.cni.teardown, self._pod_request(record, None))))
+        if STEP_NETNS in steps and record.netns:
+            work.append((STEP_NETNS, functools.partial(asyncio.to_thread, netns_mod.remove, record.netns)))
+        for step, undo in work:
+            try:
+                await undo()
+            except (CtrpyError, OSError) as exc:
+                if not best_effort:
+                    raise
+                log.error("undoing a sandbox step failed", id=record.id, step=step, error=str(exc))
+
+    async def teardown(self, record: SandboxRecord, *, remove: bool, best_effort: bool = False) -> None:
+        await self.stop_steps(record, best_effort=best_effort)
+        if not remove:
+            return
+        steps = set(record.steps)
+        if STEP_SNAPSHOT in steps:
+            store = self._snapshot_store(record)
+            try:
+                await store.remove(record.id)
+            except NotFound:
+                pass
+            else:
+                self.exchange.publish(NAMESPACE, "/snapshot/remove",
+                                      snapshot_events.SnapshotRemove(key=record.id, snapshotter=store.name))
+        if STEP_CONTAINER in steps:
+            await self.delete_container(record.id)
+        await asyncio.to_thread(self._remove_files, record.id)
+        await asyncio.to_thread(self.store.delete, record.id)
+
+    async def delete_container(self, container_id: str) -> None:
+        try:
+            await self.db.run(self.containers.delete, container_id)
+        except NotFound:
+            return
+        self.exchange.publish(NAMESPACE, "/containers/delete", container_events.ContainerDelete(id=container_id))
+
+    def _remove_files(self, sandbox_id: str) -> None:
+        shutil.rmtree(self.store.files_dir(sandbox_id), ignore_errors=True)
+        shm_parent = os.path.dirname(self.shm_dir(sandbox_id))
+        unmount_shm(self.shm_dir(sandbox_id))
+        shutil.rmtree(shm_parent, ignore_errors=True)
+
+    async def kill_task(self, container_id: str) -> None:
+        """SIGKILL the pause task, wait for it, delete it (containerd stops a sandbox so)."""
+        try:
+            task = self.tasks.get(container_id)
+        except NotFound:
+            return
+        if task.client is not None:
+            with contextlib.suppress(NotFound):
+                await task.client.kill(signal.SIGKILL, all=True)
+            with contextlib.suppress(NotFound, TimeoutError):
+                await asyncio.wait_for(self.tasks.wait(container_id), STOP_TIMEOUT)
+        with contextlib.suppress(NotFound):
+            await self.tasks.delete(container_id)
+
+    # -- status -------------------------------------------------------------------------------
+
+    async def ready(self, record: SandboxRecord) -> bool:
+        """READY: made, not stopped, and its pause process running."""
+        if record.phase != READY:
+            return False
+        try:
+            task = self.tasks.get(record.id)
+        except NotFound:
+            return False
+        if task.client is None:
+            return False
+        try:
+            state = await task.client.state()
+        except CtrpyError:
+            return False
+        return state.status == 2  # RUNNING
+
+    def network_closed(self, record: SandboxRecord) -> bool:
+        return not record.netns or not netns_mod.is_pinned(record.netns)
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Reload the records and clean what a crash left (:mod:`.sandbox_reconcile`)."""
+        from .sandbox_reconcile import reconcile
+
+        await reconcile(self)
+
+
+def _message_json(message: Any) -> str:
+    from google.protobuf import json_format
+
+    return json_format.MessageToJson(message, preserving_proto_field_name=False, indent=None)
+
+
+def _mount_shm(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    options = ("nosuid", "nodev", "noexec", "mode=1777", f"size={podspec.DEFAULT_SHM_SIZE}")
+    mount(Mount("tmpfs", "shm", options=options), path)
+
+
+def unmount_shm(path: str) -> None:
+    if os.path.exists(path):
+        with contextlib.suppress(OSError):
+            unmount_all(path, detach=True)
