@@ -11,7 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cases_docker, cases_images, cases_latency, cases_metadata, cases_pull, cases_throughput
+from . import (
+    cases_cri,
+    cases_docker,
+    cases_images,
+    cases_latency,
+    cases_metadata,
+    cases_pull,
+    cases_throughput,
+)
 from .harness import Daemons, Measurement, Settings, daemons, progress
 from .report import write_report
 
@@ -25,6 +33,7 @@ CASES: dict[str, Case] = {
     "import": cases_images.image_import,
     "pull": cases_pull.registry_pull,
     "docker": cases_docker.docker_run,
+    "cri": cases_cri.cri,
 }
 
 

@@ -11,6 +11,7 @@ fetched and every layer unpacked) by
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -37,8 +38,9 @@ def _phases(argv: list[str], env: dict[str, str] | None, marker: bytes) -> tuple
     last = 0.0
     tail = b""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout is not None
-    while chunk := process.stdout.read1(1 << 16):
+    out = process.stdout
+    assert isinstance(out, io.BufferedReader)
+    while chunk := out.read1(1 << 16):
         if marker in tail[-len(marker):] + chunk:
             last = time.perf_counter() - start
         tail = chunk

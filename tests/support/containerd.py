@@ -37,6 +37,7 @@ CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TASK_STATE = "io.containerd.runtime.v2.task"
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 MNT_DETACH = 2
 
 # Plugins that a private, offline daemon must not start: the CRI plugin (network, CNI,
@@ -154,8 +155,10 @@ class CtrFailed(subprocess.CalledProcessError):
                 f"stderr: {self.stderr!r}")
 
 
-def _config(ctrd: ReferenceContainerd) -> str:
-    disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
+def _config(ctrd: ReferenceContainerd, cri: str | None = None) -> str:
+    # With ``cri`` (the TOML of the CRI plugin's tables), that plugin runs; it is off otherwise.
+    names = [name for name in DISABLED_PLUGINS if cri is None or name != CRI_PLUGIN]
+    disabled = ", ".join(f'"{name}"' for name in names)
     return f"""version = 2
 root = "{ctrd.root}"
 state = "{ctrd.state}"
@@ -179,7 +182,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.gc.v1.scheduler"]
   deletion_threshold = 0
   mutation_threshold = 1000000000
-"""
+""" + (f"\n{cri}\n" if cri is not None else "")
 
 
 def _wait_ready(ctrd: ReferenceContainerd, limit: float) -> None:
@@ -202,9 +205,12 @@ def _wait_ready(ctrd: ReferenceContainerd, limit: float) -> None:
 
 @contextlib.contextmanager
 def reference_containerd(directory: str | os.PathLike[str],
-                         start_limit: float = 30) -> Iterator[ReferenceContainerd]:
+                         start_limit: float = 30, cri: str | None = None) -> Iterator[ReferenceContainerd]:
     """Start a private containerd under ``directory`` (created if needed), yield it once it
     answers, and tear everything down on exit, even on error.
+
+    ``cri``, when given, turns the CRI plugin on with these TOML tables appended to the config
+    (``[plugins."io.containerd.grpc.v1.cri"]`` and below: sandbox image, CNI directories...).
 
     Raises FileNotFoundError if containerd or ctr is not installed, RuntimeError if the daemon
     dies or does not answer within ``start_limit`` seconds.
@@ -217,7 +223,7 @@ def reference_containerd(directory: str | os.PathLike[str],
     ctrd = ReferenceContainerd(base, namespace=f"ctrpytest-{secrets.token_hex(4)}")
     if len(ctrd.ttrpc_address) >= 100:
         raise ValueError(f"socket path too long for a unix socket: {ctrd.ttrpc_address}")
-    ctrd.config_path.write_text(_config(ctrd))
+    ctrd.config_path.write_text(_config(ctrd, cri))
     try:
         with open(ctrd.log_path, "ab") as log:
             ctrd.process = subprocess.Popen(
@@ -252,8 +258,9 @@ def stop(ctrd: ReferenceContainerd, grace: float = 10) -> None:
 
     def remove_all_cgroups() -> None:
         for ns, ids in containers.items():
-            # "default" may be shared with other daemons here: only our containers' cgroups.
-            remove_cgroups(ns, ids if ns == "default" else None)
+            # "default" and the CRI's "k8s.io" may be shared with other daemons here: only our
+            # containers' cgroups.
+            remove_cgroups(ns, ids if ns in ("default", "k8s.io") else None)
 
     steps = (remove_through_ctr, stop_daemon, collect_bundles,
              lambda: _kill_leftover_shims(ctrd), lambda: unmount_under(ctrd.directory),
