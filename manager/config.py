@@ -19,6 +19,12 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     [snapshotter]
     default = "overlayfs"            # the snapshotter used when a client names none
 
+    [metadata]                       # containerd's [plugins."io.containerd.metadata.v1.bolt"]
+    content_sharing_policy = "shared"   # "shared": a blob stored for one namespace is linked into
+                                     #   another without its bytes; "isolated": every namespace
+                                     #   sends them (except from namespaces labelled
+                                     #   containerd.io/namespace.shareable=true)
+
     [diff]                           # bounds on one layer being applied (0: no bound)
     max_uncompressed_bytes = 34359738368   # 32 GiB once decompressed: stops decompression bombs
     max_entries = 4000000            # tar entries
@@ -77,6 +83,8 @@ from ctrpy.errors import InvalidArgument
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("console", "json")
+#: containerd's content sharing policies (the metadata layer applies them).
+SHARING_POLICIES = ("shared", "isolated")
 # Bounds on one layer (Diff.Apply): far above real images, far below a decompression bomb.
 DEFAULT_MAX_LAYER_BYTES = 32 * 1024**3
 DEFAULT_MAX_LAYER_ENTRIES = 4_000_000
@@ -211,6 +219,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "console"
     default_snapshotter: str = "overlayfs"
+    # [metadata]: "shared" or "isolated", as containerd's bolt metadata plugin.
+    content_sharing_policy: str = "shared"
     # 0 means no bound.
     diff_max_uncompressed_bytes: int = DEFAULT_MAX_LAYER_BYTES
     diff_max_entries: int = DEFAULT_MAX_LAYER_ENTRIES
@@ -284,7 +294,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     values: dict[str, Any] = {}
     known = {
         "version", "root", "state", "grpc", "log", "snapshotter", "diff", "proxy_plugins", "shim", "runtimes", "gc",
-        "transfer", "cri",
+        "transfer", "cri", "metadata",
     }
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
@@ -297,6 +307,7 @@ def parse(text: str, base: Config = Config()) -> Config:
         "grpc": {"address": "address", "uid": "socket_uid", "gid": "socket_gid", "mode": "socket_mode"},
         "log": {"level": "log_level", "format": "log_format"},
         "snapshotter": {"default": "default_snapshotter"},
+        "metadata": {"content_sharing_policy": "content_sharing_policy"},
         "diff": {"max_uncompressed_bytes": "diff_max_uncompressed_bytes", "max_entries": "diff_max_entries"},
     }
     for section, keys in sections.items():
@@ -354,6 +365,9 @@ def validate(config: Config) -> Config:
         raise InvalidArgument(f"config: log level {config.log_level!r} is not one of {LOG_LEVELS}")
     if config.log_format not in LOG_FORMATS:
         raise InvalidArgument(f"config: log format {config.log_format!r} is not one of {LOG_FORMATS}")
+    if config.content_sharing_policy not in SHARING_POLICIES:
+        raise InvalidArgument(f"config: metadata.content_sharing_policy {config.content_sharing_policy!r} "
+                              f"is not one of {SHARING_POLICIES}")
     for path in (config.root, config.state, config.address):
         if not path.is_absolute():
             raise InvalidArgument(f"config: {path} must be an absolute path")
@@ -387,6 +401,9 @@ def render(config: Config) -> str:
         "",
         "[snapshotter]",
         f"default = {q(config.default_snapshotter)}",
+        "",
+        "[metadata]",
+        f"content_sharing_policy = {q(config.content_sharing_policy)}",
         "",
         "[diff]",
         f"max_uncompressed_bytes = {config.diff_max_uncompressed_bytes}",

@@ -271,7 +271,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services = Services(server)
         services.add_plugin(Plugin("io.containerd.event.v1", "exchange"))
         services.add_plugin(
-            Plugin("io.containerd.metadata.v1", "sqlite", exports={"path": str(config.root / "meta.db")})
+            Plugin("io.containerd.metadata.v1", "sqlite", exports={
+                "path": str(config.root / "meta.db"), "policy": config.content_sharing_policy})
         )
         services.add("version", VersionServicer(), version_pb2_grpc.add_VersionServicer_to_server,
                      version_pb2.DESCRIPTOR.services_by_name["Version"], requires=())
@@ -287,7 +288,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      images_pb2.DESCRIPTOR.services_by_name["Images"])
         services.add("leases", LeasesServicer(db, LeaseStore(db), gc_scheduler), leases_pb2_grpc.add_LeasesServicer_to_server,
                      leases_pb2.DESCRIPTOR.services_by_name["Leases"])
-        content = NamespacedContent(db, ContentStore(config.root))
+        content = NamespacedContent(db, ContentStore(config.root), config.content_sharing_policy)
         namespace_store.deleted_hooks.append(content.forget_ingests)
         await asyncio.to_thread(startup.clean, content.store, config.root / "tmpmounts")  # after a crash
         services.add_plugin(

@@ -133,7 +133,7 @@ def test_interrupted_write_is_active_and_resumes(daemon: Daemon, client: Client)
     )
     assert [r.offset for r in replies] == [0, len(first)]
     assert replies[0].digest == digest_of(b"") and replies[1].digest == digest_of(first)
-    assert replies[1].total == 0  # containerd reports the total in STAT replies only
+    assert replies[1].total == len(data)  # containerd repeats the total of the stream's last STAT
 
     active = daemon.ctr("content", "active")
     assert active.returncode == 0, active.stderr
@@ -330,10 +330,13 @@ def test_namespaces_see_only_their_blobs(daemon: Daemon) -> None:
         assert in_b.list_infos() == []
         assert daemon.ctr("content", "get", digest, namespace="ns-b").returncode == 1
 
-        # B must send the bytes even though the blob is on disk, and even when it says which
-        # digest it expects: the writer proves it has the data.
+        # Under the default sharing policy B need not send the bytes when it names the digest:
+        # its STAT answers the blob's size (and nothing is linked before a COMMIT). B sends
+        # them anyway here, from offset 0.
         replies = in_b.write(api.WriteContentRequest(action=STAT, ref="x", expected=digest, total=len(data)))
-        assert replies[0].offset == 0
+        assert replies[0].offset == len(data)
+        with pytest.raises(NotFound):
+            in_b.info(digest)
         final = in_b.write(
             api.WriteContentRequest(action=STAT, ref="x", expected=digest),
             api.WriteContentRequest(action=WRITE, data=data),

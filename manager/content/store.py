@@ -93,8 +93,8 @@ class ContentStore:
         """Open the ingest for ``ref``, resuming it if it exists, and lock it.
 
         ``total`` and ``expected`` are what the client announces (0 and "" for unknown); they
-        are kept with the ingest and checked at commit. An existing ingest that contradicts them
-        is started afresh. Only one writer per ref may be open at a time: if another holds it
+        are kept with the ingest (Status shows them), but a commit checks only what it is given
+        (see :meth:`Writer.commit`). An existing ingest that contradicts them is started afresh. Only one writer per ref may be open at a time: if another holds it
         for longer than the store's ``lock_timeout``, this raises Unavailable
         (``ref <ref> locked for ...``), as containerd does. InvalidArgument for a bad ref,
         negative total or malformed digest.

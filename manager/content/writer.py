@@ -136,8 +136,10 @@ class Writer:
     def commit(self, size: int = 0, expected: str = "") -> str:
         """Verify the ingest, make it the blob of its digest, and return that digest.
 
-        ``size`` (else the announced total, when known) must equal the bytes written, and
-        ``expected`` (else the announced digest, when known) must equal their digest; a
+        ``size``, when given (> 0), must equal the bytes written, and ``expected``, when given,
+        must equal their digest. The total and digest stored with the ingest are not checked:
+        as containerd's local store, only what the committer passes counts (they are what a
+        client announced, maybe in an earlier stream, and Content.Status shows them). A
         ``sha512:`` expectation is checked by hashing the data once more with sha512, and the
         blob is then stored under that digest. A mismatch raises FailedPrecondition
         (``unexpected commit size 3, expected 4`` / ``unexpected commit digest ..., expected
@@ -155,7 +157,7 @@ class Writer:
             fd = self._open_fd()
             self._fd = None
             try:
-                return self._commit(fd, size or self._state.total, expected or self._state.expected)
+                return self._commit(fd, size, expected)
             finally:
                 self._release()
 

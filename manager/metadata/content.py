@@ -7,10 +7,19 @@ row also carries that namespace's labels and times), as in containerd's
 
 - Info, Update, List, Read and Delete see only the namespace's rows; anything else is NotFound
   (``content digest sha256:...: not found``).
-- Writing is always a proof of possession: a blob stored for another namespace is not linked
-  into this one until the client has sent its bytes and the digest checked out. A blob the
-  namespace already holds makes the COMMIT fail with AlreadyExists (clients take that as
-  "already written").
+- Sharing, containerd's ``content_sharing_policy`` (``[metadata]`` in ctrpyd's config):
+  under ``"shared"``, the default, a Write whose first message names an ``expected`` digest
+  that another namespace stored (with the announced size, if any) does not need the bytes:
+  its STAT answers the blob's size as the offset, and a COMMIT at that offset, without data,
+  links the blob into this namespace with the COMMIT's labels and lease (containerd 1.6's
+  namespaced writer; see :mod:`ctrpy.manager.content.session`). Until that COMMIT nothing
+  is linked, and Status finds no ingest. Under ``"isolated"``, writing is a proof of
+  possession: the client sends every byte and the digest must check out, unless a namespace
+  labelled ``containerd.io/namespace.shareable=true`` holds the blob (containerd 1.7's
+  label; 1.6 ignores it). Server-side pulls link such blobs the same way instead of
+  downloading them (:meth:`NamespacedContent.link_stored`).
+- A blob the namespace already holds makes a Write naming it fail with AlreadyExists
+  (clients take that as "already written").
 - Delete removes the namespace's row; the blob file goes only when no namespace holds a row
   for it any more. Removing the file and linking a row both happen on the database thread,
   so they never interleave; a commit that found the blob stored, only to see it deleted
@@ -77,6 +86,12 @@ UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 #: Bytes a :class:`BlobSink` gathers before it appends them to its ingest.
 SINK_BUFFER = 1 << 20
 
+#: containerd's content sharing policies (``[metadata] content_sharing_policy``).
+SHARED, ISOLATED = "shared", "isolated"
+SHARING_POLICIES = (SHARED, ISOLATED)
+#: The namespace label that, set to ``true``, shares the namespace's blobs under "isolated".
+SHAREABLE_LABEL = "containerd.io/namespace.shareable"
+
 _CONTENT = "content"
 _INGESTS = "ingests"
 
@@ -109,9 +124,12 @@ def unique_ref() -> str:
 class NamespacedContent:
     """The shared blob store seen through the call's namespace."""
 
-    def __init__(self, db: Database, store: ContentStore) -> None:
+    def __init__(self, db: Database, store: ContentStore, sharing: str = SHARED) -> None:
+        if sharing not in SHARING_POLICIES:
+            raise InvalidArgument(f"content sharing policy {sharing!r} is not one of {SHARING_POLICIES}")
         self.db = db
         self.store = store
+        self.sharing = sharing
         #: Ingests opened under a lease, which the collector aborts once the lease is gone.
         self.leased_ingests = LeasedIngests()
 
@@ -186,6 +204,26 @@ class NamespacedContent:
             except NotFound:
                 pass
 
+    def link_stored(self, digest: str, size: int, labels: Mapping[str, str]) -> bool:
+        """Give the namespace ``digest`` without its bytes, as a Write under the sharing policy
+        would: True if the namespace holds it now (linked with ``labels``, or held already),
+        and the call's lease holds it too; False if the policy or the store does not allow
+        it (then the bytes are needed). ``size`` 0 means any. Database thread."""
+        namespace = current_namespace()
+        lease = namespaces.current_lease.get()
+        if self._held_and_leased(namespace, lease, digest):
+            return True
+        stored = self._shareable_size(namespace, digest, size)
+        if stored is None:
+            return False
+        committed = Committed(digest=digest, size=stored, existed=True, ref="", ingest_ref="",
+                              labels=freeze({k: v for k, v in labels.items() if v}))
+        try:
+            self._link(namespace, lease, committed, True)
+        except Unavailable:  # deleted from its last namespace meanwhile: download it
+            return False
+        return True
+
     # -- worker threads -------------------------------------------------------------------
 
     def read(self, digest: str, offset: int = 0, size: int = 0) -> BlobReader:
@@ -204,6 +242,19 @@ class NamespacedContent:
         """The blob ``digest`` as an open binary file (the caller closes it). NotFound if the
         namespace does not hold it. Worker thread."""
         self.db.call(self.require, digest)
+        try:
+            return self.store.reader(digest)
+        except NotFound:
+            raise not_found(digest) from None
+
+    def open_shared(self, digest: str, size: int = 0) -> BinaryIO:
+        """Like :meth:`open_blob`, also for a blob the namespace does not hold but may link
+        without its bytes under the sharing policy (``size`` 0: any size); the caller then
+        stores it as usual, which links it. NotFound otherwise. Worker thread."""
+        namespace = current_namespace()
+        if not self.db.call(self._held, self.db.conn, namespace, digest) and \
+                self.db.call(self._shareable_size, namespace, digest, size) is None:
+            raise not_found(digest)
         try:
             return self.store.reader(digest)
         except NotFound:
@@ -321,6 +372,26 @@ class NamespacedContent:
             leases.attach(conn, namespace, lease, LeaseResource(digest, _CONTENT))
             return True
 
+    def _shareable_size(self, namespace: str, digest: str, size: int) -> int | None:
+        """The size of ``digest`` if the namespace may link it without its bytes (containerd's
+        test in its metadata Writer): the policy is "shared", or a namespace labelled
+        shareable holds it; the store has it; and ``size`` is 0 or the blob's. Database
+        thread."""
+        if self.sharing != SHARED and not self._in_shareable_namespace(namespace, digest):
+            return None
+        stored = self._size(digest)
+        if stored is None or (size and size != stored):
+            return None
+        return stored
+
+    def _in_shareable_namespace(self, namespace: str, digest: str) -> bool:
+        rows = self.db.conn.execute(
+            "SELECT n.labels FROM content c JOIN namespaces n ON n.name = c.namespace"
+            " WHERE c.digest = ? AND c.namespace != ?",
+            (digest, namespace),
+        ).fetchall()
+        return any(load_labels(labels).get(SHAREABLE_LABEL) == "true" for (labels,) in rows)
+
     def _lease_ingest(self, namespace: str, lease: str | None, ref: str) -> None:
         # Opening an ingest is a write into the namespace: containerd creates the namespace
         # then (a later Namespaces.Create of it is AlreadyExists), and so does ctrpyd.
@@ -401,6 +472,7 @@ class ContentWrite:
             content.store,
             ingest_ref=self._open_ref,
             blob_exists=lambda digest: db.call(content._held_and_leased, namespace, lease, digest),
+            shared_size=lambda digest, total: db.call(content._shareable_size, namespace, digest, total),
             on_commit=self._commit,
         )
 

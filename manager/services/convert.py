@@ -239,7 +239,8 @@ def write_reply_to_proto(reply: WriteReply) -> content_pb2.WriteContentResponse:
         started_at=datetime_to_timestamp(reply.started_at),
         updated_at=datetime_to_timestamp(reply.updated_at),
         offset=reply.offset,
-        # containerd reports the expected total in STAT (0) replies only.
-        total=reply.total if int(reply.action) == 0 else 0,
+        # The session already gives containerd's total: the stream's in STAT replies, the last
+        # STAT reply's in the others.
+        total=reply.total,
         digest=reply.digest,
     )

@@ -325,7 +325,7 @@ class Puller:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._downloads[key] = done
             try:
-                if await self._held(job, desc.digest):
+                if await self._held(job, desc.digest) or await self._linked(job, desc):
                     job.progress("already exists", desc.digest, desc.size, desc.size, desc)
                 else:
                     async with job.semaphore:
@@ -355,6 +355,12 @@ class Puller:
         except NotFound:
             return False  # deleted in between (or the lease is gone): fetch it
         return True
+
+    async def _linked(self, job: _Job, desc: Descriptor) -> bool:
+        """Whether the blob ``desc``, stored for another namespace, could be linked into this
+        one (in the job's lease, with the source labels) without its bytes, as a Write naming
+        it would be under the daemon's content sharing policy."""
+        return await self.db.run(self.content.link_stored, desc.digest, desc.size, job.source_labels)
 
     async def _download(self, job: _Job, desc: Descriptor) -> None:
         """Fetch ``desc`` into an ingest named after it (resuming one left by an earlier try),
@@ -572,8 +578,8 @@ class Puller:
 
 class _LocalFirst(Remote):
     """A remote whose documents (manifests, indexes, configs) come from the namespace's content
-    store when it holds them: a second pull of an image asks the registry only what its tag
-    points at now."""
+    store when it holds them, or may link them under the sharing policy: a second pull of an
+    image, in this namespace or another, asks the registry only what its tag points at now."""
 
     def __init__(self, content: NamespacedContent, session: Session, **kwargs: Any) -> None:
         super().__init__(session, **kwargs)
@@ -589,7 +595,7 @@ class _LocalFirst(Remote):
         if descriptor.size > self.session.options.max_document:
             return None
         try:
-            with self._content.open_blob(descriptor.digest) as stream:
+            with self._content.open_shared(descriptor.digest, descriptor.size) as stream:
                 data = stream.read(descriptor.size + 1)
         except (NotFound, InvalidArgument):
             return None

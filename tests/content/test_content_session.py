@@ -104,7 +104,10 @@ def test_resume_by_ref_in_a_new_session(store: ContentStore) -> None:
     assert store.status("resumable").offset == 1000
     with WriteSession(store) as session:
         stat = session.handle(WriteRequest(STAT, ref="resumable"))
-        assert (stat.offset, stat.total, stat.digest) == (1000, len(data), sha256(data[:1000]))
+        # As containerd: the total an earlier stream announced is not this stream's (Status
+        # still shows it).
+        assert (stat.offset, stat.total, stat.digest) == (1000, 0, sha256(data[:1000]))
+        assert store.status("resumable").total == len(data)
         session.handle(WriteRequest(WRITE, offset=1000, data=data[1000:]))
         commit = session.handle(WriteRequest(COMMIT, offset=len(data)))
     assert commit.digest == sha256(data)

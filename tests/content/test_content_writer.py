@@ -106,11 +106,16 @@ def test_size_mismatch_keeps_ingest(store: ContentStore) -> None:
         assert again.commit(3) == sha256(b"abc")
 
 
-def test_announced_total_is_checked_at_commit(store: ContentStore) -> None:
+def test_announced_total_is_kept_but_only_the_commits_size_is_checked(store: ContentStore) -> None:
+    # As containerd's local store: the total is what a client announced (Status shows it);
+    # the committer passes the size it wants checked.
     with store.writer("total", total=10) as writer:
         writer.write(b"short")
+        assert store.status("total").total == 10
         with pytest.raises(FailedPrecondition, match="unexpected commit size 5, expected 10"):
-            writer.commit()
+            writer.commit(10)
+    with store.writer("total") as writer:
+        assert writer.commit() == sha256(b"short")
 
 
 def test_digest_mismatch_keeps_ingest(store: ContentStore) -> None:
@@ -123,11 +128,14 @@ def test_digest_mismatch_keeps_ingest(store: ContentStore) -> None:
     assert not store.exists(sha256(b"abc"))
 
 
-def test_announced_digest_is_checked_at_commit(store: ContentStore) -> None:
+def test_announced_digest_is_kept_but_only_the_commits_is_checked(store: ContentStore) -> None:
     with store.writer("expected", expected=sha256(b"other")) as writer:
         writer.write(b"abc")
+        assert store.status("expected").expected == sha256(b"other")
         with pytest.raises(FailedPrecondition, match="unexpected commit digest"):
-            writer.commit()
+            writer.commit(expected=sha256(b"other"))
+    with store.writer("expected") as writer:
+        assert writer.commit() == sha256(b"abc")
 
 
 def test_commit_of_existing_blob(store: ContentStore, tmp_path: Path) -> None:

@@ -272,6 +272,77 @@ def test_an_expected_digest_already_stored_mid_stream(case: Case) -> None:
               "ALREADY_EXISTS", keep=lambda replies: replies[:1])
 
 
+def test_a_blob_another_namespace_stored_is_linked_without_its_bytes(case: Case) -> None:
+    # containerd's default content_sharing_policy "shared": a STAT naming the digest answers the
+    # blob's size as the offset, and a COMMIT there, without data, links the blob.
+    w = cn.WriteContentRequest
+    data = b"shared blob"
+    d, size = digest(data), len(data)
+    case.same("content", "Write", [w(action=cn.COMMIT, ref="r1", total=size, expected=d, data=data)],
+              keep=lambda replies: replies[:1])
+    stat = case.same("content", "Write", [w(action=cn.STAT, ref="r1", total=size, expected=d)], ns=case.other,
+                     keep=lambda replies: replies[:1])
+    assert stat.reply[0]["offset"] == size and stat.reply[0]["digest"] == d
+    case.same("content", "Info", cn.InfoRequest(digest=d), "NOT_FOUND", ns=case.other)
+    case.same("content", "Status", cn.StatusRequest(ref="r1"), "NOT_FOUND", ns=case.other)  # (allowed wording)
+    case.same("content", "ListStatuses", cn.ListStatusesRequest(), ns=case.other)
+    reqs = [w(action=cn.STAT, ref="r1", expected=d),
+            w(action=cn.COMMIT, ref="r1", offset=size, total=size, expected=d, labels={"k": "v"})]
+    case.same("content", "Write", reqs, ns=case.other, keep=lambda replies: replies[: len(reqs)])
+    case.same("content", "Info", cn.InfoRequest(digest=d), ns=case.other)
+    case.same("leases", "ListResources", ls.ListResourcesRequest(id=case.lease), ns=case.other)
+    case.same("content", "Write", [w(action=cn.STAT, ref="r2", expected=d)], "ALREADY_EXISTS", ns=case.other)
+
+
+def test_a_shared_write_checks_what_its_commit_names_and_copies_before_new_data(case: Case) -> None:
+    w = cn.WriteContentRequest
+    data = b"shared blob 2"
+    d, size = digest(data), len(data)
+    case.same("content", "Write", [w(action=cn.COMMIT, ref="r1", total=size, expected=d, data=data)],
+              keep=lambda replies: replies[:1])
+    stat = w(action=cn.STAT, ref="r1", expected=d)
+    for commit in (w(action=cn.COMMIT, ref="r1", offset=size, total=size + 1),
+                   w(action=cn.COMMIT, ref="r1", offset=size, expected=digest(b"other")),
+                   w(action=cn.COMMIT, ref="r1", total=size + 1),
+                   w(action=cn.WRITE, ref="r1", offset=size + 1, data=b"x")):
+        case.same("content", "Write", [stat, commit], ns=case.other,
+                  code="OUT_OF_RANGE" if commit.action == cn.WRITE else "FAILED_PRECONDITION",
+                  keep=lambda replies: replies[:1])
+    case.same("content", "Info", cn.InfoRequest(digest=d), "NOT_FOUND", ns=case.other)
+    # Data at the blob's offset: the blob is copied into a real ingest first.
+    reqs = [stat, w(action=cn.WRITE, ref="r1", offset=size, data=b"+")]
+    case.same("content", "Write", reqs, ns=case.other, keep=lambda replies: replies[: len(reqs)])
+    case.same("content", "Status", cn.StatusRequest(ref="r1"), ns=case.other, ignore=["expected"])
+    case.same("content", "Abort", cn.AbortRequest(ref="r1"), ns=case.other)
+    # A shared STAT of a size that is not the blob's opens a real, empty ingest.
+    case.same("content", "Write", [w(action=cn.STAT, ref="r4", expected=d, total=size + 1)], ns=case.other,
+              keep=lambda replies: replies[:1])
+    case.same("content", "Abort", cn.AbortRequest(ref="r4"), ns=case.other)
+
+
+def test_a_resumed_ingest_keeps_no_total_or_digest_from_an_earlier_stream(case: Case) -> None:
+    # containerd's service knows only what the stream announces: the STAT of a resumed ingest
+    # reports no total, and its COMMIT checks neither the old total nor the old digest.
+    w = cn.WriteContentRequest
+    case.same("content", "Write", [w(action=cn.WRITE, ref="t1", total=6, expected=digest(b"abcdef"), data=b"abc")],
+              keep=lambda replies: replies[:1])
+    case.same("content", "Status", cn.StatusRequest(ref="t1"), ignore=["expected"])
+    case.same("content", "Write", [w(action=cn.STAT, ref="t1")], keep=lambda replies: replies[:1])
+    case.same("content", "Write", [w(action=cn.WRITE, ref="t1", offset=3, data=b"d"), w(action=cn.STAT, ref="t1")],
+              keep=lambda replies: replies[:2])
+    case.same("content", "Write", [w(action=cn.COMMIT, ref="t1", offset=4, data=b"XYZ")],
+              keep=lambda replies: replies[:1])
+    case.same("content", "Info", cn.InfoRequest(digest=digest(b"abcdXYZ")))
+    # Within one stream the announced total is checked, and later replies repeat the total of
+    # the last STAT reply (containerd reuses one reply message).
+    reqs = [w(action=cn.STAT, ref="t2", total=5), w(action=cn.WRITE, ref="t2", data=b"hell"),
+            w(action=cn.COMMIT, ref="t2", offset=4, data=b"o")]
+    case.same("content", "Write", reqs, keep=lambda replies: replies[: len(reqs)])
+    case.same("content", "Write", [w(action=cn.WRITE, ref="t3", total=5, data=b"hel"), w(action=cn.STAT, ref="t3"),
+                                   w(action=cn.COMMIT, ref="t3", offset=3, data=b"l")],
+              "FAILED_PRECONDITION", keep=lambda replies: replies[:2])
+
+
 # -- snapshots ------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Fixtures for server-side pulls: a loopback docker-registry filled by skopeo with images built
-by ``ctrpy.testimage``, and one ctrpyd per module (tests keep apart by namespace: a namespace
-holds only the blobs it was given, so a fresh one pulls everything again).
+by ``ctrpy.testimage``, and one ctrpyd per module (tests keep apart by namespace: with content
+isolated between namespaces, a namespace holds only the blobs it was given, so a fresh one pulls
+everything again).
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
 
 @pytest.fixture(scope="module")
 def ctrpyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One ctrpyd for the module, with a short registry stall timeout (for the stall test)."""
+    """One ctrpyd for the module, with a short registry stall timeout (for the stall test), and
+    content isolated between namespaces, so that each test's fresh namespace downloads what it
+    pulls (tests/transfer/test_sharing.py covers the default, shared policy)."""
     config = tmp_path_factory.mktemp("transfer-config") / "ctrpyd.toml"
-    config.write_text("version = 1\n[transfer]\nstall_timeout = 3.0\nmax_concurrent_downloads = 2\n")
+    config.write_text("version = 1\n[transfer]\nstall_timeout = 3.0\nmax_concurrent_downloads = 2\n"
+                      "[metadata]\ncontent_sharing_policy = \"isolated\"\n")
     instance = Daemon(extra_args=("--config", str(config)))
     try:
         instance.start()
