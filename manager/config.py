@@ -46,6 +46,7 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     config_path = ""                 # hosts directory: <host>/hosts.toml, as containerd's (empty: none)
     max_concurrent_downloads = 3     # layers downloaded at once per pull
     stall_timeout = 60.0             # seconds without a byte from a registry before a pull fails
+    unpack_workers = 2               # processes that unpack layers beside the daemon (0: threads)
     credentials_file = ""            # docker config.json for requests without credentials (empty: none)
 
     [cri]                            # Kubernetes' CRI (runtime.v1) on the same socket
@@ -235,6 +236,7 @@ class Config:
     transfer_config_path: str = ""
     transfer_max_concurrent_downloads: int = 3
     transfer_stall_timeout: float = 60.0
+    transfer_unpack_workers: int = 2
     transfer_credentials_file: str = ""
     cri: CriConfig = field(default_factory=CriConfig)
 
@@ -268,7 +270,8 @@ def _seconds(table: dict[str, Any], key: str, where: str) -> float:
 
 def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
     """The ``[transfer]`` section as Config fields."""
-    if unknown := set(table) - {"config_path", "max_concurrent_downloads", "stall_timeout", "credentials_file"}:
+    if unknown := set(table) - {"config_path", "max_concurrent_downloads", "stall_timeout", "credentials_file",
+                                 "unpack_workers"}:
         raise InvalidArgument(f"config: unknown keys in [transfer]: {sorted(unknown)}")
     values: dict[str, Any] = {}
     if "config_path" in table:
@@ -282,6 +285,11 @@ def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
         values["transfer_max_concurrent_downloads"] = count
     if "stall_timeout" in table:
         values["transfer_stall_timeout"] = _seconds(table, "stall_timeout", "transfer.")
+    if "unpack_workers" in table:
+        workers = _expect(table, "unpack_workers", int, "transfer.")
+        if not 0 <= workers <= 64:
+            raise InvalidArgument("config: transfer.unpack_workers must be between 0 and 64")
+        values["transfer_unpack_workers"] = workers
     return values
 
 
@@ -418,6 +426,7 @@ def render(config: Config) -> str:
         "", "[transfer]", f"config_path = {q(config.transfer_config_path)}",
         f"max_concurrent_downloads = {config.transfer_max_concurrent_downloads}",
         f"stall_timeout = {config.transfer_stall_timeout!r}",
+        f"unpack_workers = {config.transfer_unpack_workers}",
         f"credentials_file = {q(config.transfer_credentials_file)}",
     ]  # fmt: skip
     cri = config.cri

@@ -174,7 +174,7 @@ async def _transfer(
     streams). The registry client is built at the first transfer (see manager/transfer/lazy.py)."""
     settings = TransferSettings(config.default_snapshotter, config.transfer_config_path,
                                 config.transfer_max_concurrent_downloads, config.transfer_stall_timeout,
-                                config.transfer_credentials_file)
+                                config.transfer_credentials_file, config.transfer_unpack_workers)
     transfers = Transfers(db=db, content=content, snapshots=snapshot_stores, events=exchange,
                           tmp_root=config.root / "tmpmounts", limits=limits, settings=settings)
     stack.push_async_callback(transfers.aclose)
