@@ -2,7 +2,7 @@
 
 Standard library only, and nothing else from ctrpy: it must stay usable to check ctrpy against
 containerd. Imports point one way inside: ``model`` <- ``layers`` <- ``archive``; ``images``,
-``tree`` and ``hostile`` build on ``model``; ``__main__`` is the CLI.
+``tree``, ``hostile`` and ``critest`` (critest's images) build on ``model``; ``__main__`` is the CLI.
 
 Typical use::
 
