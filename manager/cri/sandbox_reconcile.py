@@ -85,7 +85,7 @@ async def _bounded(work: Coroutine[Any, Any, None], what: str) -> None:
 async def _stray_containers(sandboxes: Sandboxes, known: set[str]) -> None:
     """Sandbox containers that no record names (the record comes first, so only a record lost
     by hand leaves one): their task, snapshot and record go."""
-    found = await sandboxes.db.run(sandboxes.containers.list, [f"labels.{KIND_LABEL}=={KIND_SANDBOX}"])
+    found = await sandboxes.db.run(sandboxes.containers.list, [f'labels."{KIND_LABEL}"=={KIND_SANDBOX}'])
     for container in found:
         if container.id in known:
             continue

@@ -163,3 +163,21 @@ def test_a_failed_run_is_undone_and_the_name_is_free(podd: PodDaemon) -> None:
     sandbox_id = podd.run(config)
     assert podd.status(sandbox_id).status.state == api.SANDBOX_READY
     podd.remove_pod(sandbox_id)
+
+
+def test_a_sandbox_container_whose_record_was_lost_is_removed_at_start(podd: PodDaemon) -> None:
+    """Start-up finds pause containers by their kind label (a key with dots and a dash, which a
+    filter must quote) and removes the ones no record names, with their task and snapshot."""
+    podd.start()
+    kept = podd.run(podd.pod("kept"))
+    lost = podd.run(podd.pod("lost"))
+    podd.kill()
+    (podd.root / "cri" / "sandboxes" / f"{lost}.json").unlink()
+    podd.start()
+    assert [pod.id for pod in podd.list()] == [kept]
+    listed = podd.ctr("containers", "ls", "-q", namespace="k8s.io")
+    assert listed.stdout.split() == [kept], listed.stderr
+    assert "sandbox reconcile failed" not in podd.log()
+    podd.stop_pod(kept)
+    podd.remove_pod(kept)
+    assert podd.net.allocated() == [] and podd.netns_files() == []  # the lost pod's IP went too
