@@ -21,8 +21,13 @@ OFFICIAL_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 MAX_NAME = 255
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*"
-_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+# Docker's grammar writes the separator as ``[._]|__|[-]*``: a dash run that may be empty, so
+# ``ab`` splits as ``a``, ``b`` as well as ``ab``. Go's linear-time engine does not care; Python's
+# backtracking one tries every split when the match fails, which took 49 s on a 27-character
+# name. A separator of at least one dash matches the same names (two runs of letters with
+# nothing between them are one run) with one way to split each, so a failing match is linear.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"

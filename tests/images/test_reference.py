@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ctrpy.errors import InvalidArgument
@@ -63,3 +65,30 @@ def test_ref_translators() -> None:
     assert only("docker.io/library/busybox:2") == "docker.io/library/busybox:2"
     assert only("docker.io/library/busyboxer:2") == ""  # a longer name is not under the prefix
     assert only("docker.io/other:2") == ""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2kboz5b2emf1wxr/0z-0vllcba.",  # found by the CRI's fuzz test: 49 s before the fix
+        "a" * 200 + ".",
+        "a-" * 120 + "!",
+        "b" * 100 + "/" + "a1" * 70 + ".",
+        "x." * 120 + "/" + "b" + "-" * 100 + "!",
+        "localhost:5000/" + "a" * 200 + ":" + "t" * 200,
+    ],
+)
+def test_a_name_that_fails_to_parse_fails_at_once(text: str) -> None:
+    """The grammar has one way to split a name, so a failing match cannot backtrack through
+    every split (a client could otherwise hold a daemon thread for minutes with one name)."""
+    start = time.perf_counter()
+    with pytest.raises(InvalidArgument):
+        reference.parse_normalized(text)
+    assert time.perf_counter() - start < 1.0  # linear: microseconds; exponential: minutes
+
+
+def test_dash_runs_and_underscores_still_parse() -> None:
+    assert str(reference.parse_normalized("a-b--c/d__e.f_g:1.0")) == "docker.io/a-b--c/d__e.f_g:1.0"
+    assert str(reference.parse_normalized("my-host.example:5000/x--y/z")) == "my-host.example:5000/x--y/z"
+    with pytest.raises(InvalidArgument):
+        reference.parse_normalized("a___b")
