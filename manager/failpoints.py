@@ -23,6 +23,10 @@ The points (each is one ``failpoints.hit(...)`` line in the code it names):
     RunPodSandbox (manager/cri/sandboxes.py): the sandbox record is written; the netns is
     pinned; CNI ADD is done; the pause container and its snapshot exist; the pause task is
     created (its shim runs), not started.
+``cri.container.create.after-snapshot``, ``cri.container.start.after-task-create``
+    CreateContainer (manager/cri/containers.py): the record says "creating", the containerd
+    container and its snapshot exist, the spec is not written; StartContainer: the task is
+    created (its shim runs), not started, the record still says "created".
 
 Before it dies, the process writes ``ctrpy failpoint <name>: killing pid <pid>`` to stderr
 (unbuffered), so that a test can tell the failpoint from an unrelated crash.
@@ -45,6 +49,8 @@ SANDBOX_RUN_AFTER_NETNS = "sandbox.run.after-netns"
 SANDBOX_RUN_AFTER_CNI = "sandbox.run.after-cni"
 SANDBOX_RUN_AFTER_SNAPSHOT = "sandbox.run.after-snapshot"
 SANDBOX_RUN_AFTER_TASK_CREATE = "sandbox.run.after-task-create"
+CRI_CONTAINER_CREATE_AFTER_SNAPSHOT = "cri.container.create.after-snapshot"
+CRI_CONTAINER_START_AFTER_TASK_CREATE = "cri.container.start.after-task-create"
 
 #: Every point the code defines; :func:`parse` refuses any other name.
 NAMES = frozenset(
@@ -58,6 +64,8 @@ NAMES = frozenset(
         SANDBOX_RUN_AFTER_CNI,
         SANDBOX_RUN_AFTER_SNAPSHOT,
         SANDBOX_RUN_AFTER_TASK_CREATE,
+        CRI_CONTAINER_CREATE_AFTER_SNAPSHOT,
+        CRI_CONTAINER_START_AFTER_TASK_CREATE,
     }
 )
 

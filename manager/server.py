@@ -229,6 +229,10 @@ def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Tr
 
         runtime_servicer.sandboxes = await start_sandboxes(config, db, containers, snapshots, tasks, exchange,
                                                            image_servicer.images)
+        from .cri.container_service import start_containers
+
+        runtime_servicer.containers = await start_containers(config, db, containers, snapshots, tasks, exchange,
+                                                             image_servicer.images, runtime_servicer.sandboxes)
 
     return attach_sandboxes
 

@@ -25,7 +25,7 @@ from ctrpy.client import Client
 from ctrpy.cri import CriClient
 from ctrpy.errors import InvalidArgument
 
-from . import cri_pods, output
+from . import cri_containers, cri_pods, output
 from .common import verb, verbs
 from .progress import human_bytes
 
@@ -188,6 +188,7 @@ VERBS: dict[str, tuple[str, CriCommand, Callable[[argparse.ArgumentParser], None
     "rmi": ("remove images (every tag)", rmi, _image_names, ()),
     "imagefsinfo": ("the image filesystem's usage", imagefsinfo, None, ()),
     **cri_pods.VERBS,
+    **cri_containers.VERBS,
 }
 
 

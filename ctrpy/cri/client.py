@@ -115,6 +115,56 @@ class CriClient:
         request = api.StreamPodSandboxesRequest(filter=wanted)
         return [pod for batch in self.stream(self.runtime.StreamPodSandboxes, request) for pod in batch.pod_sandboxes]
 
+    # -- containers --------------------------------------------------------------------------
+
+    def create_container(self, sandbox_id: str, config: api.ContainerConfig,
+                         sandbox_config: api.PodSandboxConfig | None = None) -> str:
+        """Create a container in a pod; its id."""
+        request = api.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)
+        return self.call(self.runtime.CreateContainer, request).container_id
+
+    def start_container(self, container_id: str) -> None:
+        self.call(self.runtime.StartContainer, api.StartContainerRequest(container_id=container_id))
+
+    def stop_container(self, container_id: str, timeout: int = 0) -> None:
+        """Stop a container: its stop signal, ``timeout`` seconds, then SIGKILL."""
+        self.call(self.runtime.StopContainer, api.StopContainerRequest(container_id=container_id, timeout=timeout))
+
+    def remove_container(self, container_id: str) -> None:
+        self.call(self.runtime.RemoveContainer, api.RemoveContainerRequest(container_id=container_id))
+
+    def list_containers(self, wanted: api.ContainerFilter | None = None) -> list[api.Container]:
+        return list(self.call(self.runtime.ListContainers, api.ListContainersRequest(filter=wanted)).containers)
+
+    def container_status(self, container_id: str, verbose: bool = False) -> api.ContainerStatusResponse:
+        request = api.ContainerStatusRequest(container_id=container_id, verbose=verbose)
+        return self.call(self.runtime.ContainerStatus, request)
+
+    def exec_sync(self, container_id: str, cmd: list[str], timeout: int = 0) -> api.ExecSyncResponse:
+        """Run ``cmd`` in the container and wait (at most ``timeout`` seconds, 0: no limit)."""
+        request = api.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout)
+        call_timeout = None if self.timeout is None or timeout <= 0 else max(self.timeout, timeout + 30.0)
+        return self.call(self.runtime.ExecSync, request, timeout=call_timeout)
+
+    def container_stats(self, container_id: str) -> api.ContainerStats:
+        request = api.ContainerStatsRequest(container_id=container_id)
+        return self.call(self.runtime.ContainerStats, request).stats
+
+    def list_container_stats(self, wanted: api.ContainerStatsFilter | None = None) -> list[api.ContainerStats]:
+        request = api.ListContainerStatsRequest(filter=wanted)
+        return list(self.call(self.runtime.ListContainerStats, request).stats)
+
+    def pod_sandbox_stats(self, sandbox_id: str) -> api.PodSandboxStats:
+        request = api.PodSandboxStatsRequest(pod_sandbox_id=sandbox_id)
+        return self.call(self.runtime.PodSandboxStats, request).stats
+
+    def update_container_resources(self, container_id: str, resources: api.LinuxContainerResources) -> None:
+        request = api.UpdateContainerResourcesRequest(container_id=container_id, linux=resources)
+        self.call(self.runtime.UpdateContainerResources, request)
+
+    def reopen_container_log(self, container_id: str) -> None:
+        self.call(self.runtime.ReopenContainerLog, api.ReopenContainerLogRequest(container_id=container_id))
+
     # -- images ------------------------------------------------------------------------------
 
     def pull_image(self, image: str, auth: api.AuthConfig | None = None,

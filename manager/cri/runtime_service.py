@@ -1,9 +1,10 @@
 """runtime.v1.RuntimeService: the runtime half of the CRI.
 
-Served now: Version, Status, RuntimeConfig and UpdateRuntimeConfig (see :mod:`.runtime`).
-Pod sandboxes, containers, exec, stats and events come next; until then each of their methods
-is listed below and answers UNIMPLEMENTED by name, so that what is missing is visible here and
-a client gets a clear answer rather than grpc's generic one.
+Served now: Version, Status, RuntimeConfig and UpdateRuntimeConfig (see :mod:`.runtime`), pod
+sandboxes (:mod:`.sandbox_service`), and containers, ExecSync, stats and GetContainerEvents
+(:mod:`.container_service`). Streaming (Exec, Attach, PortForward) and the rest are listed
+below and answer UNIMPLEMENTED by name, so that what is missing is visible here and a client
+gets a clear answer rather than grpc's generic one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ctrpy.api.k8s.cri.runtime.v1 import api_pb2_grpc as api_grpc
 from .runtime import RuntimeState
 
 if TYPE_CHECKING:
+    from .container_service import ContainerCalls
     from .sandbox_service import SandboxCalls
 
 #: What containerd answers for the kubelet runtime API version and the CRI version.
@@ -102,43 +104,50 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
                                         context: object) -> api.UpdatePodSandboxResourcesResponse:
         _unimplemented("UpdatePodSandboxResources")
 
-    # -- containers (not yet) ----------------------------------------------------------------
+    # -- containers (see .container_service; attached after the sandboxes) --------------------
+
+    containers: ContainerCalls | None = None
+
+    def _containers(self) -> ContainerCalls:
+        if self.containers is None:
+            raise errors.Unavailable("containers are not ready yet: ctrpyd is starting")
+        return self.containers
 
     async def CreateContainer(self, request: api.CreateContainerRequest,
                               context: object) -> api.CreateContainerResponse:
-        _unimplemented("CreateContainer")
+        return await self._containers().create(request)
 
     async def StartContainer(self, request: api.StartContainerRequest,
                              context: object) -> api.StartContainerResponse:
-        _unimplemented("StartContainer")
+        return await self._containers().start(request)
 
     async def StopContainer(self, request: api.StopContainerRequest, context: object) -> api.StopContainerResponse:
-        _unimplemented("StopContainer")
+        return await self._containers().stop(request)
 
     async def RemoveContainer(self, request: api.RemoveContainerRequest,
                               context: object) -> api.RemoveContainerResponse:
-        _unimplemented("RemoveContainer")
+        return await self._containers().remove(request)
 
     async def ListContainers(self, request: api.ListContainersRequest,
                              context: object) -> api.ListContainersResponse:
-        _unimplemented("ListContainers")
+        return await self._containers().list_containers(request)
 
     async def StreamContainers(self, request: api.StreamContainersRequest,
                                context: object) -> AsyncIterator[api.StreamContainersResponse]:
-        _unimplemented("StreamContainers")
-        yield api.StreamContainersResponse()  # never reached: makes this a stream
+        async for batch in self._containers().stream(request):
+            yield batch
 
     async def ContainerStatus(self, request: api.ContainerStatusRequest,
                               context: object) -> api.ContainerStatusResponse:
-        _unimplemented("ContainerStatus")
+        return await self._containers().status(request)
 
     async def UpdateContainerResources(self, request: api.UpdateContainerResourcesRequest,
                                        context: object) -> api.UpdateContainerResourcesResponse:
-        _unimplemented("UpdateContainerResources")
+        return await self._containers().update(request)
 
     async def ReopenContainerLog(self, request: api.ReopenContainerLogRequest,
                                  context: object) -> api.ReopenContainerLogResponse:
-        _unimplemented("ReopenContainerLog")
+        return await self._containers().reopen_log(request)
 
     async def CheckpointContainer(self, request: api.CheckpointContainerRequest,
                                   context: object) -> api.CheckpointContainerResponse:
@@ -146,13 +155,13 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
 
     async def GetContainerEvents(self, request: api.GetEventsRequest,
                                  context: object) -> AsyncIterator[api.ContainerEventResponse]:
-        _unimplemented("GetContainerEvents")
-        yield api.ContainerEventResponse()  # never reached: makes this a stream
+        async for event in self._containers().subscribe(request):
+            yield event
 
     # -- exec, attach, port forward (not yet) ------------------------------------------------
 
     async def ExecSync(self, request: api.ExecSyncRequest, context: object) -> api.ExecSyncResponse:
-        _unimplemented("ExecSync")
+        return await self._containers().exec_sync(request)
 
     async def Exec(self, request: api.ExecRequest, context: object) -> api.ExecResponse:
         _unimplemented("Exec")
@@ -163,33 +172,33 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
     async def PortForward(self, request: api.PortForwardRequest, context: object) -> api.PortForwardResponse:
         _unimplemented("PortForward")
 
-    # -- stats and metrics (not yet) ---------------------------------------------------------
+    # -- stats (see .stats) and metrics (not served, as containerd) ---------------------------
 
     async def ContainerStats(self, request: api.ContainerStatsRequest,
                              context: object) -> api.ContainerStatsResponse:
-        _unimplemented("ContainerStats")
+        return await self._containers().container_stats(request)
 
     async def ListContainerStats(self, request: api.ListContainerStatsRequest,
                                  context: object) -> api.ListContainerStatsResponse:
-        _unimplemented("ListContainerStats")
+        return await self._containers().list_container_stats(request)
 
     async def StreamContainerStats(self, request: api.StreamContainerStatsRequest,
                                    context: object) -> AsyncIterator[api.StreamContainerStatsResponse]:
-        _unimplemented("StreamContainerStats")
-        yield api.StreamContainerStatsResponse()  # never reached: makes this a stream
+        async for batch in self._containers().stream_container_stats(request):
+            yield batch
 
     async def PodSandboxStats(self, request: api.PodSandboxStatsRequest,
                               context: object) -> api.PodSandboxStatsResponse:
-        _unimplemented("PodSandboxStats")
+        return await self._containers().pod_stats(request)
 
     async def ListPodSandboxStats(self, request: api.ListPodSandboxStatsRequest,
                                   context: object) -> api.ListPodSandboxStatsResponse:
-        _unimplemented("ListPodSandboxStats")
+        return await self._containers().list_pod_stats(request)
 
     async def StreamPodSandboxStats(self, request: api.StreamPodSandboxStatsRequest,
                                     context: object) -> AsyncIterator[api.StreamPodSandboxStatsResponse]:
-        _unimplemented("StreamPodSandboxStats")
-        yield api.StreamPodSandboxStatsResponse()  # never reached: makes this a stream
+        async for batch in self._containers().stream_pod_stats(request):
+            yield batch
 
     async def ListMetricDescriptors(self, request: api.ListMetricDescriptorsRequest,
                                     context: object) -> api.ListMetricDescriptorsResponse:

@@ -22,7 +22,12 @@ from tests.support.ctrpyd import Daemon
 SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig",
           # pod sandboxes: tests/cri_sandbox
           "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
-          "StreamPodSandboxes"}
+          "StreamPodSandboxes",
+          # containers, exec, stats and events: tests/cri_container
+          "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
+          "StreamContainers", "ContainerStatus", "UpdateContainerResources", "ReopenContainerLog", "ExecSync",
+          "ContainerStats", "ListContainerStats", "StreamContainerStats", "PodSandboxStats", "ListPodSandboxStats",
+          "StreamPodSandboxStats", "GetContainerEvents"}
 CONFLIST = {"cniVersion": "1.0.0", "name": "ctrpy-test",
             "plugins": [{"type": "bridge", "bridge": "cni0"}, {"type": "loopback"}]}
 

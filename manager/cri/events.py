@@ -1,0 +1,80 @@
+"""GetContainerEvents: CRI container and sandbox events to every subscriber, in order.
+
+The kubelet's evented PLEG subscribes once and expects CONTAINER_CREATED, STARTED, STOPPED and
+DELETED for containers and for sandboxes (whose event carries the sandbox id as container id).
+Each subscriber has a bounded queue: one that does not keep up is cut off (its stream ends with
+RESOURCE_EXHAUSTED) rather than making ctrpyd hold an unbounded backlog or drop events silently
+from the middle of a stream. (containerd keeps one buffered channel of 1000 and drops what
+does not fit.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
+from ctrpy.errors import ResourceExhausted
+
+#: Events one subscriber may have waiting before it is cut off.
+QUEUE_SIZE = 1000
+
+#: Builds the event message for (container id, sandbox id, event type); None to skip it.
+Describe = Callable[[str, str, int], api.ContainerEventResponse | None]
+
+
+class _Subscriber:
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[api.ContainerEventResponse] = asyncio.Queue(size)
+        self.cut_off = asyncio.Event()
+
+
+class ContainerEvents:
+    """The publisher side (:meth:`publish`, a sandbox ``Listener`` too) and the streams."""
+
+    def __init__(self, describe: Describe, queue_size: int = QUEUE_SIZE) -> None:
+        self.describe = describe
+        self.queue_size = queue_size
+        self._subscribers: set[_Subscriber] = set()
+
+    def publish(self, container_id: str, sandbox_id: str, event_type: int) -> None:
+        """Hand one event to every subscriber (called on the event loop, never blocks)."""
+        if not self._subscribers:
+            return
+        message = self.describe(container_id, sandbox_id, event_type)
+        if message is None:
+            return
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber.queue.put_nowait(message)
+            except asyncio.QueueFull:
+                subscriber.cut_off.set()
+                self._subscribers.discard(subscriber)
+
+    async def subscribe(self) -> AsyncIterator[api.ContainerEventResponse]:
+        """Events from now on, until the caller goes away or falls too far behind."""
+        subscriber = _Subscriber(self.queue_size)
+        self._subscribers.add(subscriber)
+        try:
+            while True:
+                if subscriber.queue.empty() and subscriber.cut_off.is_set():
+                    raise ResourceExhausted("container events subscriber fell behind and was cut off")
+                getting = asyncio.ensure_future(subscriber.queue.get())
+                cutting = asyncio.ensure_future(subscriber.cut_off.wait())
+                try:
+                    await asyncio.wait((getting, cutting), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    cutting.cancel()
+                    if not getting.done():
+                        getting.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await getting
+                if getting.done() and not getting.cancelled():
+                    yield getting.result()
+        finally:
+            self._subscribers.discard(subscriber)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
