@@ -188,8 +188,8 @@ async def _transfer(
 
 
 def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Transfers, exchange: Exchange,
-         gc: Scheduler, services: Services) -> Callable[[TaskManager, ContainerStore, dict[str, SnapshotStore]],
-                                                        Coroutine[Any, Any, None]] | None:
+         gc: Scheduler, services: Services, stack: contextlib.AsyncExitStack,
+         ) -> Callable[[TaskManager, ContainerStore, dict[str, SnapshotStore]], Coroutine[Any, Any, None]] | None:
     """Serve Kubernetes' CRI (runtime.v1 RuntimeService and ImageService) on the same socket, when
     ``[cri] enabled``: images through the same stores and puller as Transfer, in ``k8s.io``.
     Returns what attaches the pod sandboxes once the task manager has recovered its shims."""
@@ -233,6 +233,10 @@ def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Tr
 
         runtime_servicer.containers = await start_containers(config, db, containers, snapshots, tasks, exchange,
                                                              image_servicer.images, runtime_servicer.sandboxes)
+        from .cri.streaming.server import start_streaming
+
+        runtime_servicer.streaming = await start_streaming(cri, runtime_servicer.containers)
+        stack.push_async_callback(runtime_servicer.streaming.close)
 
     return attach_sandboxes
 
@@ -319,7 +323,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      snapshots_pb2.DESCRIPTOR.services_by_name["Snapshots"],
                      requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
         transfers = await _transfer(config, db, content, snapshot_stores, exchange, limits, services, stack)
-        attach_cri = _cri(config, db, content, transfers, exchange, gc_scheduler, services)
+        attach_cri = _cri(config, db, content, transfers, exchange, gc_scheduler, services, stack)
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
         launcher = ShimLauncher(
@@ -330,9 +334,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         stack.push_async_callback(launcher.close)
         task_manager = TaskManager(config.state, launcher, exchange, dict(config.runtimes))
         await task_manager.recover()
+        stack.push_async_callback(task_manager.close)  # closed after what the CRI attaches below
         if attach_cri is not None:
             await attach_cri(task_manager, container_store, snapshot_stores)
-        stack.push_async_callback(task_manager.close)
         services.add("tasks", TasksServicer(db, container_store, task_manager),
                      tasks_pb2_grpc.add_TasksServicer_to_server, tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
                      requires=("io.containerd.runtime.v2", "io.containerd.metadata.v1"))

@@ -2,8 +2,8 @@
 
 Served now: Version, Status, RuntimeConfig and UpdateRuntimeConfig (see :mod:`.runtime`), pod
 sandboxes (:mod:`.sandbox_service`), and containers, ExecSync, stats and GetContainerEvents
-(:mod:`.container_service`). Streaming (Exec, Attach, PortForward) and the rest are listed
-below and answer UNIMPLEMENTED by name, so that what is missing is visible here and a client
+(:mod:`.container_service`), Exec (:mod:`.streaming.server`). Attach, PortForward and the rest
+are listed below and answer UNIMPLEMENTED by name, so that what is missing is visible here and a client
 gets a clear answer rather than grpc's generic one.
 """
 
@@ -21,6 +21,7 @@ from .runtime import RuntimeState
 if TYPE_CHECKING:
     from .container_service import ContainerCalls
     from .sandbox_service import SandboxCalls
+    from .streaming.server import StreamServer
 
 #: What containerd answers for the kubelet runtime API version and the CRI version.
 KUBE_API_VERSION = "0.1.0"
@@ -158,13 +159,18 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
         async for event in self._containers().subscribe(request):
             yield event
 
-    # -- exec, attach, port forward (not yet) ------------------------------------------------
+    # -- exec (Exec through the streaming server, attached after the containers), attach and
+    # port forward (not yet) -----------------------------------------------------------------
+
+    streaming: StreamServer | None = None
 
     async def ExecSync(self, request: api.ExecSyncRequest, context: object) -> api.ExecSyncResponse:
         return await self._containers().exec_sync(request)
 
     async def Exec(self, request: api.ExecRequest, context: object) -> api.ExecResponse:
-        _unimplemented("Exec")
+        if self.streaming is None:
+            raise errors.Unavailable("the streaming server is not ready yet: ctrpyd is starting")
+        return await self.streaming.exec(request)
 
     async def Attach(self, request: api.AttachRequest, context: object) -> api.AttachResponse:
         _unimplemented("Attach")

@@ -27,7 +27,9 @@ SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig",
           "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ListContainers",
           "StreamContainers", "ContainerStatus", "UpdateContainerResources", "ReopenContainerLog", "ExecSync",
           "ContainerStats", "ListContainerStats", "StreamContainerStats", "PodSandboxStats", "ListPodSandboxStats",
-          "StreamPodSandboxStats", "GetContainerEvents"}
+          "StreamPodSandboxStats", "GetContainerEvents",
+          # the streaming server: tests/cri_streaming
+          "Exec"}
 CONFLIST = {"cniVersion": "1.0.0", "name": "ctrpy-test",
             "plugins": [{"type": "bridge", "bridge": "cni0"}, {"type": "loopback"}]}
 
