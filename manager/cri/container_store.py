@@ -12,15 +12,11 @@ in ``<root>/cri/containers/<id>/`` beside it.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ctrpy.errors import NotFound
+from .recordfiles import RecordDir, decode_fields, encode_fields
 
 __all__ = ["CREATED", "CREATING", "EXITED", "RUNNING", "ContainerRecord", "ContainerStore"]
 
@@ -31,6 +27,7 @@ RUNNING = "running"
 EXITED = "exited"
 
 KIND = "ctrpyContainerV1"
+_TUPLES = ("additional_gids",)
 
 
 @dataclass(frozen=True)
@@ -66,100 +63,22 @@ class ContainerRecord:
     additional_gids: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        doc["config"] = base64.b64encode(self.config).decode()
-        doc["additional_gids"] = list(self.additional_gids)
-        doc["kind"] = KIND
-        return doc
+        return encode_fields(self, KIND, _TUPLES)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ContainerRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in doc.items() if k in names}
-        values["config"] = base64.b64decode(values.get("config", ""))
-        values["additional_gids"] = tuple(values.get("additional_gids", ()))
-        return cls(**values)
+        return cls(**decode_fields(cls, doc, _TUPLES))
 
 
-@dataclass
-class ContainerStore:
-    """The records under ``<root>/cri/containers``. Blocking file I/O: small and rare."""
+class ContainerStore(RecordDir[ContainerRecord]):
+    """The records under ``<root>/cri/containers`` (see :mod:`.recordfiles`); a container's own
+    files (image volumes) are in :meth:`files_dir`."""
 
-    directory: str
-    _cache: dict[str, ContainerRecord] = field(default_factory=dict)
+    noun = "container"
 
     @classmethod
     def under(cls, root: str | os.PathLike[str]) -> ContainerStore:
-        return cls(os.path.join(os.fspath(root), "cri", "containers"))
+        return cls.at(root, "cri", "containers")
 
-    def path(self, container_id: str) -> str:
-        return os.path.join(self.directory, f"{container_id}.json")
-
-    def files_dir(self, container_id: str) -> str:
-        return os.path.join(self.directory, container_id)
-
-    def load(self) -> list[ContainerRecord]:
-        """Read every record (at start-up); files that do not parse are skipped and kept."""
-        self._cache.clear()
-        try:
-            names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return []
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            try:
-                with open(os.path.join(self.directory, name), "rb") as f:
-                    record = ContainerRecord.from_json(json.load(f))
-            except (OSError, ValueError, TypeError):
-                continue
-            self._cache[record.id] = record
-        return list(self._cache.values())
-
-    def get(self, container_id: str) -> ContainerRecord:
-        record = self._cache.get(container_id)
-        if record is None:
-            raise NotFound(f'container "{container_id}"')
-        return record
-
-    def find(self, container_id: str) -> ContainerRecord | None:
-        return self._cache.get(container_id)
-
-    def all(self) -> list[ContainerRecord]:
-        return sorted(self._cache.values(), key=lambda r: (r.created_at_ns, r.id))
-
-    def put(self, record: ContainerRecord) -> ContainerRecord:
-        """Write ``record`` durably (temporary file, fsync, rename, fsync of the directory)."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        tmp = os.path.join(self.directory, f".{record.id}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(record.to_json(), sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path(record.id))
-        _fsync_dir(self.directory)
-        self._cache[record.id] = record
-        return record
-
-    def cache(self, record: ContainerRecord) -> ContainerRecord:
-        """Keep ``record`` in memory only: the next :meth:`put` writes it (used for changes that
-        are recomputed at start-up anyway)."""
-        self._cache[record.id] = record
-        return record
-
-    def delete(self, container_id: str) -> None:
-        """Forget a record (idempotent)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(container_id))
-            _fsync_dir(self.directory)
-        self._cache.pop(container_id, None)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def parse(self, doc: dict[str, Any]) -> ContainerRecord:
+        return ContainerRecord.from_json(doc)

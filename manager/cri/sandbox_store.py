@@ -14,15 +14,12 @@ resolv.conf) in ``<root>/cri/sandboxes/<id>/`` beside it.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ctrpy.errors import NotFound
+from .recordfiles import RecordDir, decode_fields, encode_fields
 
 __all__ = ["CREATING", "READY", "STOPPED", "SandboxRecord", "SandboxStore"]
 
@@ -32,6 +29,7 @@ READY = "ready"
 STOPPED = "stopped"
 
 KIND = "ctrpySandboxV1"
+_TUPLES = ("steps", "ips")
 
 
 @dataclass(frozen=True)
@@ -61,105 +59,22 @@ class SandboxRecord:
         return dataclasses.replace(self, steps=(*self.steps, step))
 
     def to_json(self) -> dict[str, Any]:
-        doc = dataclasses.asdict(self)
-        doc["config"] = base64.b64encode(self.config).decode()
-        doc["steps"] = list(self.steps)
-        doc["ips"] = list(self.ips)
-        doc["kind"] = KIND
-        return doc
+        return encode_fields(self, KIND, _TUPLES)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> SandboxRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in doc.items() if k in names}
-        values["config"] = base64.b64decode(values.get("config", ""))
-        values["steps"] = tuple(values.get("steps", ()))
-        values["ips"] = tuple(values.get("ips", ()))
-        return cls(**values)
+        return cls(**decode_fields(cls, doc, _TUPLES))
 
 
-@dataclass
-class SandboxStore:
-    """The records under ``<root>/cri/sandboxes``. Blocking file I/O: small and rare."""
+class SandboxStore(RecordDir[SandboxRecord]):
+    """The records under ``<root>/cri/sandboxes`` (see :mod:`.recordfiles`); a sandbox's own
+    files (hostname, hosts, resolv.conf) are in :meth:`files_dir`."""
 
-    directory: str
-    _cache: dict[str, SandboxRecord] = field(default_factory=dict)
+    noun = "sandbox"
 
     @classmethod
     def under(cls, root: str | os.PathLike[str]) -> SandboxStore:
-        return cls(os.path.join(os.fspath(root), "cri", "sandboxes"))
+        return cls.at(root, "cri", "sandboxes")
 
-    def path(self, sandbox_id: str) -> str:
-        return os.path.join(self.directory, f"{sandbox_id}.json")
-
-    def files_dir(self, sandbox_id: str) -> str:
-        """The directory of the sandbox's own files (hostname, hosts, resolv.conf)."""
-        return os.path.join(self.directory, sandbox_id)
-
-    def load(self) -> list[SandboxRecord]:
-        """Read every record (at start-up); files that do not parse are skipped and kept."""
-        self._cache.clear()
-        try:
-            names = sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return []
-        for name in names:
-            if not name.endswith(".json") or name.startswith("."):
-                continue
-            try:
-                with open(os.path.join(self.directory, name), "rb") as f:
-                    doc = json.load(f)
-                record = SandboxRecord.from_json(doc)
-            except (OSError, ValueError, TypeError):
-                continue
-            self._cache[record.id] = record
-        return list(self._cache.values())
-
-    def get(self, sandbox_id: str) -> SandboxRecord:
-        record = self._cache.get(sandbox_id)
-        if record is None:
-            raise NotFound(f'sandbox "{sandbox_id}"')
-        return record
-
-    def all(self) -> list[SandboxRecord]:
-        return sorted(self._cache.values(), key=lambda r: (r.created_at_ns, r.id))
-
-    def put(self, record: SandboxRecord) -> SandboxRecord:
-        """Write ``record`` durably (temporary file, fsync, rename, fsync of the directory)."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        path = self.path(record.id)
-        tmp = os.path.join(self.directory, f".{record.id}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(record.to_json(), sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
-        self._cache[record.id] = record
-        return record
-
-    def delete(self, sandbox_id: str) -> None:
-        """Forget a record (idempotent)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(sandbox_id))
-            _fsync_dir(self.directory)
-        self._cache.pop(sandbox_id, None)
-
-    def stray_dirs(self) -> list[str]:
-        """Sandbox file directories no record claims (a crash before the first record)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        return [os.path.join(self.directory, n) for n in names
-                if os.path.isdir(os.path.join(self.directory, n)) and n not in self._cache]
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def parse(self, doc: dict[str, Any]) -> SandboxRecord:
+        return SandboxRecord.from_json(doc)
