@@ -28,11 +28,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import random
 import secrets
-import shlex
-import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +43,7 @@ from tests.crash.support import remove_cgroups as reap_cgroups
 from tests.support.containerd import ReferenceContainerd, reference_containerd, run_ctr
 from tests.support.containerd import shim_pids as containerd_shim_pids
 from tests.support.ctrpyd import Daemon
+from tests.support.podnet import PodNetwork, free_subnet, plugin_dir
 
 from .harness import BUSYBOX, LETTER, TEMPLATE_COMM, WHICH, _tear_down_ctrpyd
 from .procs import CpuGroup, children, comm, read_pid
@@ -54,78 +51,19 @@ from .procs import CpuGroup, children, comm, read_pid
 #: The sandbox image of both: ctrpyd's default name, under which it provides its own pause image.
 PAUSE = "registry.k8s.io/pause:3.10"
 CRI_NAMESPACE = "k8s.io"
-PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
-#: Bench pod networks are drawn from here (the tests use 10.200.0.0/13).
+#: Bench pod networks are drawn from here (the tests use 10.200.0.0/13, critest 10.224.0.0/14).
 SUBNETS = ipaddress.IPv4Network("10.216.0.0/14")
 
 
 def cni_bin_dir() -> str:
     """The directory holding the standard CNI plugins; RuntimeError when none does."""
-    for directory in BIN_DIRS:
-        if all(shutil.which(plugin, path=directory) for plugin in PLUGINS):
-            return directory
-    raise RuntimeError("the CNI plugins are not installed (apt-get install containernetworking-plugins)")
+    directory = plugin_dir()
+    if directory is None:
+        raise RuntimeError("the CNI plugins are not installed (apt-get install containernetworking-plugins)")
+    return directory
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A random /24 of :data:`SUBNETS` that no route on the host overlaps."""
-    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
-    used = []
-    for route in json.loads(out.stdout or "[]"):
-        with contextlib.suppress(ValueError):
-            if route.get("dst", "default") != "default":
-                used.append(ipaddress.IPv4Network(route["dst"], strict=False))
-    for _ in range(100):
-        offset = random.randrange(SUBNETS.num_addresses // 256) * 256
-        candidate = ipaddress.IPv4Network((int(SUBNETS.network_address) + offset, 24))
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
-    raise RuntimeError(f"no free /24 in {SUBNETS}")
-
-
-@dataclass
-class Network:
-    """The run's pod network: its conflist, and what to remove afterwards."""
-
-    name: str
-    bridge: str
-    subnet: ipaddress.IPv4Network
-    conf_dir: Path
-    data_dir: Path
-
-    def write(self) -> None:
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        bridge = {
-            "type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": True, "hairpinMode": True,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": str(self.subnet)}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.data_dir)},
-        }  # fmt: skip
-        plugins = [bridge, {"type": "portmap", "capabilities": {"portMappings": True}}]
-        conflist = {"cniVersion": "1.0.0", "name": self.name, "plugins": plugins}
-        (self.conf_dir / "10-bench.conflist").write_text(json.dumps(conflist, indent=2))
-
-    def remove(self) -> None:
-        """Delete the nat rules and per-pod chains naming this network (the bridge's ipMasq and
-        portmap put the name in their comments; portmap's shared CNI-HOSTPORT-* chains stay, as
-        after its own DEL), then the bridge."""
-        if shutil.which("iptables") is not None:
-            listing = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True).stdout
-            chains: set[str] = set()
-            for line in listing.splitlines():
-                if self.name not in line or not line.startswith("-A "):
-                    continue
-                words = shlex.split(line)
-                named = [words[1]] + ([words[words.index("-j") + 1]] if "-j" in words else [])
-                chains.update(c for c in named if c.startswith("CNI-") and not c.startswith("CNI-HOSTPORT-"))
-                subprocess.run(["iptables", "-w", "-t", "nat", "-D", *words[1:]], capture_output=True)
-            for chain in chains:
-                subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True)
-                subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
-
-
-def _containerd_cri(directory: Path, network: Network, bin_dir: str) -> str:
+def _containerd_cri(directory: Path, network: PodNetwork, bin_dir: str) -> str:
     """The CRI plugin's tables for containerd 1.6 (key names as ``containerd config default``)."""
     plugin = '[plugins."io.containerd.grpc.v1.cri"]'
     return f"""{plugin}
@@ -160,7 +98,7 @@ class CriPair:
     ctrpyd: Daemon
     work: Path
     tag: str
-    network: Network
+    network: PodNetwork
     cpu: dict[str, CpuGroup]
     #: Whether the daemon serves CreateContainer; the reason when it does not.
     containers: dict[str, bool] = field(default_factory=dict)
@@ -238,11 +176,11 @@ def cri_pair(work: Path) -> Iterator[CriPair]:
     work.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(3)
     bin_dir = cni_bin_dir()
-    network = Network(name=f"ctrpy-bench-{tag}", bridge=f"ctb{tag}", subnet=_free_subnet(),
+    network = PodNetwork(name=f"ctrpy-bench-{tag}", bridge=f"ctb{tag}", subnet=free_subnet(SUBNETS),
                       conf_dir=work / "net.d", data_dir=work / "ipam")
     with ExitStack() as stack:
         stack.callback(network.remove)
-        network.write()
+        network.write("10-bench.conflist")
         groups = {which: CpuGroup(f"ctrpy-bench-cri-{tag}/{which}") for which in WHICH}
         for group in groups.values():
             stack.callback(group.remove)

@@ -15,11 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
-import random
 import secrets
-import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,18 +27,13 @@ from typing import Any
 import pytest
 
 from ctrpy.manager.cri import netns
-from ctrpy.manager.cri.cni import CNI, DEFAULT_BIN_DIRS
+from ctrpy.manager.cri.cni import CNI
+from tests.support import podnet
+from tests.support.podnet import plugin_dir
 from tests.support.polling import wait_until
 
-PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-
-
-def plugin_dir() -> str | None:
-    """The bin dir that holds the standard plugins, or None."""
-    for directory in DEFAULT_BIN_DIRS:
-        if all(os.access(os.path.join(directory, p), os.X_OK) for p in PLUGINS):
-            return directory
-    return None
+#: Test pod networks come from here (bench uses 10.216.0.0/14, critest runs 10.224.0.0/14).
+SUBNETS = ipaddress.IPv4Network("10.200.0.0/13")
 
 
 requires_plugins = pytest.mark.skipif(
@@ -50,26 +41,9 @@ requires_plugins = pytest.mark.skipif(
 )
 
 
-def _used_networks() -> list[ipaddress.IPv4Network]:
-    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
-    nets: list[ipaddress.IPv4Network] = []
-    for route in json.loads(out.stdout or "[]"):
-        dst = route.get("dst", "")
-        if dst and dst != "default":
-            with contextlib.suppress(ValueError):
-                nets.append(ipaddress.IPv4Network(dst, strict=False))
-    return nets
-
-
 def free_subnet() -> ipaddress.IPv4Network:
-    """A random /24 in 10.200.0.0/13 that no route on the host overlaps."""
-    used = _used_networks()
-    base = ipaddress.IPv4Network("10.200.0.0/13")
-    for _ in range(100):
-        candidate = ipaddress.IPv4Network((int(base.network_address) + random.randrange(2048) * 256, 24))
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
-    raise RuntimeError("no free /24 in 10.200.0.0/13")
+    """A random /24 of :data:`SUBNETS` that no route on the host overlaps."""
+    return podnet.free_subnet(SUBNETS)
 
 
 @dataclass
@@ -95,27 +69,10 @@ class Net:
         filename: str = "10-test.conflist",
         ipam: dict[str, Any] | None = None,
     ) -> Path:
-        plugins: list[dict[str, Any]] = [
-            {
-                "type": "bridge",
-                "bridge": self.bridge,
-                "isGateway": True,
-                "ipMasq": False,
-                "hairpinMode": True,
-                "ipam": ipam
-                or {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": str(self.subnet)}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(self.ipam_dir),
-                },
-            }
-        ]
-        if portmap:
-            plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
-        plugins.extend(extra or [])
+        doc = podnet.conflist(self.name, self.bridge, self.subnet, self.ipam_dir, version=version,
+                              masquerade=False, portmap=portmap, ipam=ipam, extra=extra)
         path = self.conf_dir / filename
-        path.write_text(json.dumps({"cniVersion": version, "name": self.name, "plugins": plugins}))
+        path.write_text(json.dumps(doc))
         return path
 
     def cni(self, **kwargs: Any) -> CNI:
@@ -143,23 +100,7 @@ class Net:
         return [line for line in out.stdout.splitlines() if self.name in line]
 
 
-def _cleanup_iptables(name: str) -> None:
-    if shutil.which("iptables") is None:
-        return
-    out = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True).stdout
-    chains: set[str] = set()
-    for line in out.splitlines():
-        if name not in line or not line.startswith("-A "):
-            continue
-        words = shlex.split(line)
-        # Per-pod chains (portmap's CNI-DN-*, the bridge's ipMasq CNI-<hash>) go; portmap's
-        # shared CNI-HOSTPORT-* chains stay.
-        named = [words[1]] + ([words[words.index("-j") + 1]] if "-j" in words else [])
-        chains.update(c for c in named if c.startswith("CNI-") and not c.startswith("CNI-HOSTPORT-"))
-        subprocess.run(["iptables", "-w", "-t", "nat", "-D", *words[1:]], capture_output=True)
-    for chain in chains:
-        subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True)
-        subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True)
+_cleanup_iptables = podnet.remove_nat_rules
 
 
 @pytest.fixture

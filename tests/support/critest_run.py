@@ -23,7 +23,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import random
 import secrets
 import shlex
 import shutil
@@ -44,9 +43,8 @@ from ctrpy.testimage.critest import HostTools
 from tests.support.containerd import reference_containerd
 from tests.support.critest_registry import SANDBOX_IMAGE, ServedImages, critest_registry
 from tests.support.ctrpyd import Daemon
+from tests.support.podnet import PodNetwork, free_subnet, plugin_dir
 
-PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
 #: Pod networks of critest runs come from here (the tests use 10.200.0.0/13, bench 10.216.0.0/14).
 SUBNETS = ipaddress.IPv4Network("10.224.0.0/14")
 #: Host ports critest's networking and streaming specs bind.
@@ -54,64 +52,10 @@ CRITEST_PORTS = (12000, 12001, 12002, 12003)
 
 
 def cni_bin_dir() -> str:
-    for directory in BIN_DIRS:
-        if all(os.access(os.path.join(directory, plugin), os.X_OK) for plugin in PLUGINS):
-            return directory
-    raise SystemExit("the CNI plugins are not installed (apt-get install containernetworking-plugins)")
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A random /24 of :data:`SUBNETS` that no route on the host overlaps."""
-    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
-    used = []
-    for route in json.loads(out.stdout or "[]"):
-        with contextlib.suppress(ValueError):
-            if route.get("dst", "default") != "default":
-                used.append(ipaddress.IPv4Network(route["dst"], strict=False))
-    for _ in range(100):
-        offset = random.randrange(SUBNETS.num_addresses // 256) * 256
-        candidate = ipaddress.IPv4Network((int(SUBNETS.network_address) + offset, 24))
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
-    raise RuntimeError(f"no free /24 in {SUBNETS}")
-
-
-@dataclass
-class Network:
-    """The run's pod network: a conflist in ``conf_dir``; :meth:`remove` takes down what its
-    plugins left (nat rules naming it, its bridge)."""
-
-    name: str
-    bridge: str
-    subnet: ipaddress.IPv4Network
-    conf_dir: Path
-    data_dir: Path
-
-    def write(self) -> None:
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        bridge = {"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": True,
-                  "hairpinMode": True,
-                  "ipam": {"type": "host-local", "ranges": [[{"subnet": str(self.subnet)}]],
-                           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.data_dir)}}
-        conflist = {"cniVersion": "1.0.0", "name": self.name,
-                    "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": True}}]}
-        (self.conf_dir / "10-critest.conflist").write_text(json.dumps(conflist, indent=2))
-
-    def remove(self) -> None:
-        if shutil.which("iptables") is not None:
-            listing = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True).stdout
-            chains: set[str] = set()
-            for line in listing.splitlines():
-                if self.name not in line or not line.startswith("-A "):
-                    continue
-                words = shlex.split(line)
-                named = [words[1]] + ([words[words.index("-j") + 1]] if "-j" in words else [])
-                chains.update(c for c in named if c.startswith("CNI-") and not c.startswith("CNI-HOSTPORT-"))
-                subprocess.run(["iptables", "-w", "-t", "nat", "-D", *words[1:]], capture_output=True)
-            for chain in chains:
-                subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True)
-                subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+    directory = plugin_dir()
+    if directory is None:
+        raise SystemExit("the CNI plugins are not installed (apt-get install containernetworking-plugins)")
+    return directory
 
 
 def dynamic_busybox(work: Path) -> str:
@@ -123,7 +67,7 @@ def dynamic_busybox(work: Path) -> str:
     return str(work / "busybox" / "bin" / "busybox")
 
 
-def containerd_cri(directory: Path, network: Network, bin_dir: str, hosts_dir: Path) -> str:
+def containerd_cri(directory: Path, network: PodNetwork, bin_dir: str, hosts_dir: Path) -> str:
     """The CRI plugin's tables for containerd 1.6: ctrpy's pause image as the sandbox (pulled
     through the mirror), runc v2 with cgroupfs, no AppArmor, the oom_score_adj the kernel allows,
     network namespaces and the streaming server kept to this run."""
@@ -163,7 +107,7 @@ def remove_all_pods(address: str) -> None:
 
 
 @contextlib.contextmanager
-def ctrpyd_cri(base: Path, network: Network, bin_dir: str, hosts_dir: Path) -> Iterator[str]:
+def ctrpyd_cri(base: Path, network: PodNetwork, bin_dir: str, hosts_dir: Path) -> Iterator[str]:
     base.mkdir(parents=True, exist_ok=True)
     config = base / "ctrpyd.toml"
     config.write_text(f'version = 1\n[cri]\ncni_conf_dir = "{network.conf_dir}"\n'
@@ -180,7 +124,7 @@ def ctrpyd_cri(base: Path, network: Network, bin_dir: str, hosts_dir: Path) -> I
 
 
 @contextlib.contextmanager
-def containerd_with_cri(directory: Path, network: Network, bin_dir: str, hosts_dir: Path) -> Iterator[str]:
+def containerd_with_cri(directory: Path, network: PodNetwork, bin_dir: str, hosts_dir: Path) -> Iterator[str]:
     with reference_containerd(directory, start_limit=60,
                               cri=containerd_cri(directory, network, bin_dir, hosts_dir)) as ctrd:
         ctrd.namespaces.add("k8s.io")
@@ -358,11 +302,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{time.monotonic() - started:.1f} s; hosts dir {served.hosts_dir}", flush=True)
             for target in targets:
                 tag = secrets.token_hex(3)
-                network = Network(name=f"ctrpy-critest-{tag}", bridge=f"ctc{tag}", subnet=free_subnet(),
+                network = PodNetwork(name=f"ctrpy-critest-{tag}", bridge=f"ctc{tag}", subnet=free_subnet(SUBNETS),
                                   conf_dir=work / target / "net.d", data_dir=work / target / "ipam")
                 with ExitStack() as per_target:
                     per_target.callback(network.remove)
-                    network.write()
+                    network.write("10-critest.conflist")
                     if target == "ctrpyd":
                         daemon = ctrpyd_cri(work / "p", network, bin_dir, served.hosts_dir)
                     else:
