@@ -57,6 +57,7 @@ from ctrpy.shim.crilog import uri as crilog_uri
 from ctrpy.shim.files import ExitInfo
 
 from .. import failpoints
+from ..diff.mounts import readonly_mounts
 from ..events import Envelope, Exchange
 from ..metadata.containers import ContainerStore as MetaContainers
 from ..metadata.db import Database
@@ -642,20 +643,6 @@ class Containers:
                 await asyncio.wait_for(self.tasks.wait(container_id), KILL_WAIT)
         with contextlib.suppress(NotFound):
             await self.tasks.delete(container_id)
-
-
-def readonly_mounts(mounts: Sequence[Mount]) -> list[Mount]:
-    """``mounts`` for looking only: ``ro`` on a lone overlay, binds made read-only. (Not
-    ``ctrpy.oci.container``'s: that module drags the client side into the daemon.)"""
-    out = []
-    for m in mounts:
-        if m.type == "overlay" and len(mounts) == 1:
-            out.append(Mount(m.type, m.source, m.target, (*m.options, "ro")))
-        elif m.type == "bind":
-            out.append(Mount(m.type, m.source, m.target, (*(o for o in m.options if o not in ("rw", "ro")), "ro")))
-        else:
-            out.append(m)
-    return out
 
 
 def _state_name(record: ContainerRecord) -> str:

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -118,10 +119,31 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _kill_tree(pid: int) -> None:
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything it started, its descendants first."""
     for victim in [*descendants(pid), pid]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(victim, signal.SIGKILL)
+
+
+async def exec_process(tasks: TaskManager, db: Database, meta: MetaContainers, container_id: str,
+                       cmd: list[str], what: str, *, tty: bool = False) -> tuple[ShimClient, dict[str, Any]]:
+    """The shim of the running ``container_id`` and the OCI process to exec ``cmd`` with: the
+    container's own process, with these arguments. ``what`` names the call in errors."""
+    if not cmd:
+        raise InvalidArgument(f"{what} needs a command")
+    try:
+        _, client = tasks.live(container_id)
+    except NotFound:
+        raise FailedPrecondition(f'container "{container_id}" is not running') from None
+    container = await db.run(meta.get, container_id)
+    if container.spec is None:
+        raise FailedPrecondition(f'container "{container_id}" has no spec')
+    process = dict(json.loads(container.spec.value).get("process") or {})
+    process["args"] = list(cmd)
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    return client, process
 
 
 async def exec_sync(
@@ -134,19 +156,7 @@ async def exec_sync(
     work_dir: str,
 ) -> ExecResult:
     """Run ``cmd`` in ``container_id`` (its task must run); ``timeout`` 0 means none."""
-    if not cmd:
-        raise InvalidArgument("ExecSync needs a command")
-    try:
-        _, client = tasks.live(container_id)
-    except NotFound:
-        raise FailedPrecondition(f'container "{container_id}" is not running') from None
-    container = await db.run(meta.get, container_id)
-    if container.spec is None:
-        raise FailedPrecondition(f'container "{container_id}" has no spec')
-    process = dict(json.loads(container.spec.value).get("process") or {})
-    process["args"] = list(cmd)
-    process["terminal"] = False
-    process.pop("consoleSize", None)
+    client, process = await exec_process(tasks, db, meta, container_id, cmd, "ExecSync")
     exec_id = secrets.token_hex(16)
     directory = os.path.join(work_dir, exec_id)
     os.makedirs(directory, mode=0o700)
@@ -177,7 +187,7 @@ async def _wait(client: ShimClient, exec_id: str, pid: int, timeout: float) -> i
         done, _ = await asyncio.wait((waiting,), timeout=timeout if timeout > 0 else None)
         if waiting in done:
             return waiting.result().exit_status
-        await asyncio.to_thread(_kill_tree, pid)
+        await asyncio.to_thread(kill_tree, pid)
         with contextlib.suppress(CtrpyError):
             await client.kill(int(signal.SIGKILL), exec_id=exec_id)
         with contextlib.suppress(TimeoutError, CtrpyError):

@@ -20,13 +20,13 @@ import signal
 
 import structlog
 
-from ctrpy.errors import CtrpyError, FailedPrecondition, InvalidArgument, NotFound
+from ctrpy.errors import CtrpyError
 
 from ...metadata.containers import ContainerStore as MetaContainers
 from ...metadata.db import Database
 from ...runtime import ShimClient, Stdio
 from ...tasks.manager import TaskManager
-from ..execsync import CLEANUP_WAIT, KILL_WAIT, descendants
+from ..execsync import CLEANUP_WAIT, KILL_WAIT, exec_process, kill_tree
 
 log = structlog.get_logger(__name__)
 
@@ -149,7 +149,7 @@ class ExecSession:
     async def kill(self) -> None:
         """SIGKILL the process and everything it started (its descendants first, as ExecSync)."""
         if self.pid:
-            await asyncio.to_thread(_kill_tree, self.pid)
+            await asyncio.to_thread(kill_tree, self.pid)
         if self._created:
             with contextlib.suppress(Exception):  # the /proc kill above has done the work then
                 await self.client.kill(int(signal.SIGKILL), exec_id=self.exec_id)
@@ -170,29 +170,11 @@ class ExecSession:
         await asyncio.to_thread(shutil.rmtree, self.directory, True)
 
 
-def _kill_tree(pid: int) -> None:
-    for victim in [*descendants(pid), pid]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
-
-
 async def prepare(tasks: TaskManager, db: Database, meta: MetaContainers, container_id: str, cmd: list[str],
                   work_dir: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecSession:
     """An exec session for ``cmd`` in the running ``container_id``: the container's process with
     these arguments (and ``TERM=xterm`` with a terminal, as containerd sets it)."""
-    if not cmd:
-        raise InvalidArgument("Exec needs a command")
-    try:
-        _, client = tasks.live(container_id)
-    except NotFound:
-        raise FailedPrecondition(f'container "{container_id}" is not running') from None
-    container = await db.run(meta.get, container_id)
-    if container.spec is None:
-        raise FailedPrecondition(f'container "{container_id}" has no spec')
-    process = dict(json.loads(container.spec.value).get("process") or {})
-    process["args"] = list(cmd)
-    process["terminal"] = tty
-    process.pop("consoleSize", None)
+    client, process = await exec_process(tasks, db, meta, container_id, cmd, "Exec", tty=tty)
     if tty:
         env = [e for e in process.get("env") or [] if not str(e).startswith("TERM=")]
         process["env"] = [*env, "TERM=xterm"]
