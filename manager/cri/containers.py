@@ -654,18 +654,7 @@ def oci_resources(resources: api.LinuxContainerResources) -> dict[str, Any]:
     """The OCI LinuxResources of an update: only what the request sets (containerd's
     ``toOCIResources``; an absent value leaves the current one)."""
     out: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
-    if resources.cpu_period:
-        cpu["period"] = resources.cpu_period
-    if resources.cpu_quota:
-        cpu["quota"] = resources.cpu_quota
-    if resources.cpu_shares:
-        cpu["shares"] = resources.cpu_shares
-    if resources.cpuset_cpus:
-        cpu["cpus"] = resources.cpuset_cpus
-    if resources.cpuset_mems:
-        cpu["mems"] = resources.cpuset_mems
-    if cpu:
+    if cpu := containerspec.cpu_resources(resources):
         out["cpu"] = cpu
     memory: dict[str, Any] = {}
     if resources.memory_limit_in_bytes:

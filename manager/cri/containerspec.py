@@ -286,9 +286,8 @@ def _pause_ns(sandbox: SandboxInfo, kind: str) -> str:
     return f"/proc/{sandbox.pid}/ns/{kind}"
 
 
-def _resources(spec: Spec, resources: api.LinuxContainerResources, facts: HostFacts) -> None:
-    """containerd's ``WithResources`` and ``WithOOMScoreAdj`` (clamped)."""
-    out = defaults.resources(spec)
+def cpu_resources(resources: api.LinuxContainerResources) -> dict[str, Any]:
+    """The OCI ``cpu`` resources of what ``resources`` sets (nothing for what it leaves 0)."""
     cpu: dict[str, Any] = {}
     if resources.cpu_period:
         cpu["period"] = resources.cpu_period
@@ -300,7 +299,13 @@ def _resources(spec: Spec, resources: api.LinuxContainerResources, facts: HostFa
         cpu["cpus"] = resources.cpuset_cpus
     if resources.cpuset_mems:
         cpu["mems"] = resources.cpuset_mems
-    if cpu:
+    return cpu
+
+
+def _resources(spec: Spec, resources: api.LinuxContainerResources, facts: HostFacts) -> None:
+    """containerd's ``WithResources`` and ``WithOOMScoreAdj`` (clamped)."""
+    out = defaults.resources(spec)
+    if cpu := cpu_resources(resources):
         out["cpu"] = cpu
     memory: dict[str, Any] = {}
     if resources.memory_limit_in_bytes:
