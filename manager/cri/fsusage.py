@@ -11,10 +11,11 @@ blocks (``st_blocks``), hard links counted once.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ctrpy.snapshotter.fsutil import disk_usage
 
 
 @dataclass(frozen=True)
@@ -25,30 +26,13 @@ class Usage:
 
 
 def measure(root: Path) -> Usage:
-    """Walk ``root`` (not following symlinks, not crossing into other filesystems' files twice)."""
-    seen: set[tuple[int, int]] = set()
-    used = inodes = 0
-    stack = [str(root)]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue  # removed meanwhile, or unreadable: count what can be counted
-        for entry in entries:
-            try:
-                stat = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            key = (stat.st_dev, stat.st_ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            inodes += 1
-            used += stat.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-    return Usage(time.time_ns(), used, inodes)
+    """The usage of the tree at ``root`` now (the snapshotter's own walk: symlinks not followed,
+    hard links counted once, the root included as containerd's ``fs.DiskUsage`` counts it)."""
+    try:
+        usage = disk_usage(root)
+    except OSError:  # removed meanwhile, or unreadable
+        return Usage(time.time_ns(), 0, 0)
+    return Usage(time.time_ns(), usage.size, usage.inodes)
 
 
 class UsageSampler:
