@@ -12,50 +12,26 @@ for ``info`` and ``inspecti`` (and for everything with ``--format json``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.client import Client
 from ctrpy.cri import CriClient
 from ctrpy.errors import InvalidArgument
 
-from . import cri_containers, cri_pods, output
+from . import cri_containers, cri_pods, crifmt, output
 from .common import verb, verbs
 from .progress import human_bytes
 
 CriCommand = Callable[[CriClient, argparse.Namespace], int]
 
 
-def _as_dict(message: Message) -> dict[str, Any]:
-    """A message as crictl prints it: camelCase JSON names, defaults omitted."""
-    return json_format.MessageToDict(message)
-
-
-def _with_info(base: dict[str, Any], info: Mapping[str, str]) -> dict[str, Any]:
-    """``base`` plus each info value, decoded when it is JSON (as crictl shows them)."""
-    for key, value in info.items():
-        try:
-            base[key] = json.loads(value)
-        except ValueError:
-            base[key] = value
-    return base
-
-
-def _emit(value: object) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-
-
 def version(cri: CriClient, args: argparse.Namespace) -> int:
     answer = cri.version()
     if args.format == "json":
-        _emit(_as_dict(answer))
+        output.emit_json(crifmt.as_dict(answer))
         return 0
     print(f"Version:  {answer.version}\nRuntimeName:  {answer.runtime_name}\n"
           f"RuntimeVersion:  {answer.runtime_version}\nRuntimeApiVersion:  {answer.runtime_api_version}")
@@ -64,12 +40,12 @@ def version(cri: CriClient, args: argparse.Namespace) -> int:
 
 def info(cri: CriClient, args: argparse.Namespace) -> int:
     status = cri.status(verbose=True)
-    answer: dict[str, Any] = {"status": _as_dict(status.status)}
+    answer: dict[str, Any] = {"status": crifmt.as_dict(status.status)}
     if status.runtime_handlers:
-        answer["runtimeHandlers"] = [_as_dict(h) for h in status.runtime_handlers]
+        answer["runtimeHandlers"] = [crifmt.as_dict(h) for h in status.runtime_handlers]
     if status.HasField("features"):
-        answer["features"] = _as_dict(status.features)
-    _emit(_with_info(answer, status.info))
+        answer["features"] = crifmt.as_dict(status.features)
+    output.emit_json(crifmt.with_info(answer, status.info))
     return 0
 
 
@@ -89,7 +65,7 @@ def _repo_and_tag(image: api.Image) -> list[tuple[str, str]]:
 def images(cri: CriClient, args: argparse.Namespace) -> int:
     found = cri.list_images(args.image or "")
     if args.format == "json" or args.output == "json":
-        _emit({"images": [_as_dict(image) for image in found]})
+        output.emit_json({"images": [crifmt.as_dict(image) for image in found]})
         return 0
     if args.quiet:
         for image in found:
@@ -120,7 +96,7 @@ def _auth(args: argparse.Namespace) -> api.AuthConfig | None:
 def pull(cri: CriClient, args: argparse.Namespace) -> int:
     ref = cri.pull_image(args.image, auth=_auth(args))
     if args.format == "json":
-        _emit({"imageRef": ref})
+        output.emit_json({"imageRef": ref})
     else:
         print(f"Image is up to date for {ref}")
     return 0
@@ -134,9 +110,9 @@ def inspecti(cri: CriClient, args: argparse.Namespace) -> int:
         if image is None:
             missing.append(name)
             continue
-        answers.append(_with_info({"status": _as_dict(image)}, details))
+        answers.append(crifmt.with_info({"status": crifmt.as_dict(image)}, details))
     if answers:
-        _emit(answers[0] if len(answers) == 1 else answers)
+        output.emit_json(answers[0] if len(answers) == 1 else answers)
     for name in missing:
         print(f"ctrpy: no such image {name!r} present", file=sys.stderr)
     return 1 if missing else 0
@@ -157,7 +133,7 @@ def rmi(cri: CriClient, args: argparse.Namespace) -> int:
 
 
 def imagefsinfo(cri: CriClient, args: argparse.Namespace) -> int:
-    _emit({"status": _as_dict(cri.image_fs_info())})
+    output.emit_json({"status": crifmt.as_dict(cri.image_fs_info())})
     return 0
 
 

@@ -13,9 +13,7 @@ time, memory working set and writable layer usage per running container.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from typing import Any
 
 from google.protobuf import json_format
@@ -26,18 +24,13 @@ from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.cri import CriClient
 from ctrpy.errors import InvalidArgument
 
-from . import output
+from . import crifmt, output
 from .progress import human_bytes
 
 __all__ = ["VERBS"]
 
 _STATES = {"created": api.CONTAINER_CREATED, "running": api.CONTAINER_RUNNING, "exited": api.CONTAINER_EXITED,
            "unknown": api.CONTAINER_UNKNOWN}
-
-
-def _emit(value: object) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def _read(path: str, message: Message, what: str) -> Any:
@@ -65,14 +58,6 @@ def start(cri: CriClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _age(created_ns: int) -> str:
-    seconds = max(0, int(time.time() - created_ns / 1e9))
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} seconds ago"
-
-
 def _labels(items: list[str] | None) -> dict[str, str]:
     labels = {}
     for item in items or []:
@@ -92,13 +77,13 @@ def ps(cri: CriClient, args: argparse.Namespace) -> int:
     found = [c for c in cri.list_containers(wanted) if not args.name or args.name in c.metadata.name]
     found.sort(key=lambda c: c.created_at, reverse=True)
     if args.format == "json" or args.output == "json":
-        _emit({"containers": [json_format.MessageToDict(c) for c in found]})
+        output.emit_json({"containers": [crifmt.as_dict(c) for c in found]})
         return 0
     if args.quiet:
         for container in found:
             print(container.id)
         return 0
-    rows = [(c.id[:13], c.image.image or c.image_ref, _age(c.created_at), api.ContainerState.Name(c.state),
+    rows = [(c.id[:13], c.image.image or c.image_ref, crifmt.age(c.created_at), api.ContainerState.Name(c.state),
              c.metadata.name, c.metadata.attempt, c.pod_sandbox_id[:13]) for c in found]
     output.table(("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID"), rows)
     return 0
@@ -108,14 +93,8 @@ def inspect(cri: CriClient, args: argparse.Namespace) -> int:
     answers = []
     for container_id in args.ids:
         response = cri.container_status(container_id, verbose=True)
-        answer: dict[str, Any] = {"status": json_format.MessageToDict(response.status)}
-        for key, value in response.info.items():
-            try:
-                answer[key] = json.loads(value)
-            except ValueError:
-                answer[key] = value
-        answers.append(answer)
-    _emit(answers[0] if len(answers) == 1 else answers)
+        answers.append(crifmt.with_info({"status": crifmt.as_dict(response.status)}, response.info))
+    output.emit_json(answers[0] if len(answers) == 1 else answers)
     return 0
 
 
@@ -188,7 +167,7 @@ def stats(cri: CriClient, args: argparse.Namespace) -> int:
         found = cri.list_container_stats(api.ContainerStatsFilter(pod_sandbox_id=args.pod or "",
                                                                   label_selector=_labels(args.label)))
     if args.format == "json" or args.output == "json":
-        _emit({"stats": [json_format.MessageToDict(s) for s in found]})
+        output.emit_json({"stats": [crifmt.as_dict(s) for s in found]})
         return 0
     rows = [(s.attributes.id[:13], s.attributes.metadata.name,
              f"{s.cpu.usage_core_nano_seconds.value / 1e9:.2f}s", human_bytes(s.memory.working_set_bytes.value),

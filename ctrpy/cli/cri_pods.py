@@ -10,10 +10,7 @@ filter it; ``-q`` prints ids only). ``inspectp`` prints the status and the verbo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from typing import Any
 
 from google.protobuf import json_format
 
@@ -21,16 +18,11 @@ from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.cri import CriClient
 from ctrpy.errors import InvalidArgument
 
-from . import output
+from . import crifmt, output
 
 __all__ = ["VERBS"]
 
 _STATES = {"ready": api.SANDBOX_READY, "notready": api.SANDBOX_NOTREADY}
-
-
-def _emit(value: object) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def _read_config(path: str) -> api.PodSandboxConfig:
@@ -62,27 +54,19 @@ def _filter(args: argparse.Namespace) -> api.PodSandboxFilter | None:
     return wanted
 
 
-def _age(created_ns: int) -> str:
-    seconds = max(0, int(time.time() - created_ns / 1e9))
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} seconds ago"
-
-
 def pods(cri: CriClient, args: argparse.Namespace) -> int:
     found = [p for p in cri.list_pod_sandbox(_filter(args))
              if (not args.name or args.name in p.metadata.name)
              and (not args.namespace or p.metadata.namespace == args.namespace)]
     found.sort(key=lambda p: p.created_at, reverse=True)
     if args.format == "json" or args.output == "json":
-        _emit({"items": [json_format.MessageToDict(p) for p in found]})
+        output.emit_json({"items": [crifmt.as_dict(p) for p in found]})
         return 0
     if args.quiet:
         for pod in found:
             print(pod.id)
         return 0
-    rows = [(p.id[:13], _age(p.created_at), api.PodSandboxState.Name(p.state), p.metadata.name,
+    rows = [(p.id[:13], crifmt.age(p.created_at), api.PodSandboxState.Name(p.state), p.metadata.name,
              p.metadata.namespace, p.metadata.attempt, p.runtime_handler or "(default)") for p in found]
     output.table(("POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"), rows)
     return 0
@@ -92,14 +76,8 @@ def inspectp(cri: CriClient, args: argparse.Namespace) -> int:
     answers = []
     for sandbox_id in args.ids:
         response = cri.pod_sandbox_status(sandbox_id, verbose=True)
-        answer: dict[str, Any] = {"status": json_format.MessageToDict(response.status)}
-        for key, value in response.info.items():
-            try:
-                answer[key] = json.loads(value)
-            except ValueError:
-                answer[key] = value
-        answers.append(answer)
-    _emit(answers[0] if len(answers) == 1 else answers)
+        answers.append(crifmt.with_info({"status": crifmt.as_dict(response.status)}, response.info))
+    output.emit_json(answers[0] if len(answers) == 1 else answers)
     return 0
 
 
