@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctrpy.manager.cri.cni import DEFAULT_BIN_DIRS
+
 PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")  # upstream's default, then Debian's
+BIN_DIRS = DEFAULT_BIN_DIRS  # where ctrpyd looks: upstream's default, then Debian's
 
 
 def plugin_dir() -> str | None:
