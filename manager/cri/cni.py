@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctrpy.errors import CtrpyError, DeadlineExceeded, InvalidArgument, NotFound
+from ctrpy.manager.config import CriConfig
 from ctrpy.manager.cri import netns as netns_mod
 from ctrpy.manager.cri.cnicache import Attachment, ResultCache
 from ctrpy.manager.cri.cniconfig import (
@@ -69,8 +70,9 @@ __all__ = [
     "Readiness",
 ]
 
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
+# One source for the defaults: the [cri] section's.
+DEFAULT_CONF_DIR = CriConfig.cni_conf_dir
+DEFAULT_BIN_DIRS = CriConfig.cni_bin_dirs
 DEFAULT_IFNAME = "eth0"
 DEFAULT_TIMEOUT = 60.0
 LOOPBACK_NETWORK = "cni-loopback"
