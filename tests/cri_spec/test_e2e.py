@@ -382,3 +382,29 @@ def test_readonly_and_recursive_readonly_mounts(env: Env, nested_tmpfs: Path) ->
                                                       readonly=True, recursive_read_only=True)])
     out = run(env, "rro", script, recursive)
     assert "top=1" in out and "sub=1" in out, out
+
+
+def test_runtime_default_allowlist_runs_ordinary_programs(env: Env) -> None:
+    """Under the RuntimeDefault allowlist a shell, ls, cat, sleep and an HTTP exchange over
+    loopback work; unshare, mount and sethostname are refused without CAP_SYS_ADMIN and allowed
+    with it (the profile lists them for that capability)."""
+    ordinary = (
+        "ls /data >/dev/null && echo ls=ok; cat /data/secret.txt; sleep 0.1 && echo sleep=ok; "
+        "busybox ip link set lo up; busybox httpd -f -p 127.0.0.1:8080 -h /data & "
+        "for i in 1 2 3 4 5 6 7 8 9 10; do busybox wget -q -O - http://127.0.0.1:8080/secret.txt && break; "
+        "sleep 0.2; done; echo wget=$?; kill $!; "
+        "unshare -U true; echo unshare=$?; hostname h; echo hostname=$?; "
+        "mount -t tmpfs t /mnt; echo mount=$?; grep Seccomp: /proc/self/status"
+    )
+    plain = api.ContainerConfig()
+    plain.linux.security_context.seccomp.profile_type = api.SecurityProfile.RuntimeDefault
+    plain.linux.security_context.capabilities.add_capabilities.extend(["NET_ADMIN"])
+    out = run(env, "allowlist", ordinary, plain)
+    assert "ls=ok" in out and "sleep=ok" in out and out.count("secret") == 2, out
+    assert "wget=0" in out and "Seccomp:\t2" in out, out
+    assert "unshare=1" in out and "hostname=1" in out and "mount=1" in out, out
+    admin = api.ContainerConfig()
+    admin.linux.security_context.seccomp.profile_type = api.SecurityProfile.RuntimeDefault
+    admin.linux.security_context.capabilities.add_capabilities.extend(["SYS_ADMIN"])
+    out = run(env, "allowlist-admin", "hostname h; echo hostname=$?; mount -t tmpfs t /mnt; echo mount=$?", admin)
+    assert "hostname=0" in out and "mount=0" in out, out

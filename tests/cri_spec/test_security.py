@@ -118,20 +118,35 @@ def test_seccomp_runtime_default_both_ways(tmp_path: Path, rootfs: Path) -> None
         spec = build(tmp_path, rootfs, with_context(seccomp_profile_path=old))
         assert spec["linux"]["seccomp"] == new["linux"]["seccomp"]
     filt = new["linux"]["seccomp"]
-    assert filt["defaultAction"] == "SCMP_ACT_ALLOW"
-    denied = {n for rule in filt["syscalls"] for n in rule["names"]}
-    assert {"mount", "unshare", "setns", "keyctl", "clone", "clone3", "reboot"} <= denied
+    assert filt["defaultAction"] == "SCMP_ACT_ERRNO"  # an allowlist, as containerd's
+    assert {"read", "openat", "execve", "socket", "wait4"} <= allowed(filt)
+    assert not {"mount", "unshare", "setns", "keyctl", "reboot", "sethostname", "clone3"} & allowed(filt)
+
+
+def allowed(profile: dict[str, Any], *, unconditionally: bool = False) -> set[str]:
+    """The names an allow rule of ``profile`` lists (only those without argument checks, when
+    ``unconditionally``)."""
+    return {n for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW"
+            and not (unconditionally and rule.get("args")) for n in rule["names"]}
 
 
 def test_seccomp_default_follows_capabilities() -> None:
     plain = seccomp.default_profile(frozenset(DEFAULT_CAPABILITIES), "x86_64")
     admin = seccomp.default_profile(frozenset({*DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN", "CAP_SYS_TIME"}), "x86_64")
-    names = {n for rule in admin["syscalls"] for n in rule["names"]}
-    assert not names & {"mount", "unshare", "clone", "clone3", "settimeofday", "bpf"}
-    assert "keyctl" in names and "reboot" in names
+    granted = {"mount", "unshare", "setns", "sethostname", "clone", "clone3", "settimeofday", "bpf"}
+    assert granted <= allowed(admin, unconditionally=True)
+    assert not granted & allowed(plain, unconditionally=True)
+    assert not {"keyctl", "reboot", "init_module"} & (allowed(admin) | allowed(plain))
+    assert {"arch_prctl", "modify_ldt"} <= allowed(plain)
     assert plain["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
     clone3 = [r for r in plain["syscalls"] if r["names"] == ["clone3"]]
     assert clone3 == [{"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
+    assert not [r for r in admin["syscalls"] if r["action"] != "SCMP_ACT_ALLOW"]
+    # Without CAP_SYS_ADMIN, clone only when no namespace flag is set.
+    (clone,) = [r for r in plain["syscalls"] if r["names"] == ["clone"]]
+    assert clone["args"] == [{"index": 0, "value": 0x7E020000, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]
+    s390 = seccomp.default_profile(frozenset(DEFAULT_CAPABILITIES), "s390x")
+    assert [r["args"][0]["index"] for r in s390["syscalls"] if r["names"] == ["clone"]] == [1]
 
 
 def test_seccomp_unconfined_and_unset(tmp_path: Path, rootfs: Path) -> None:
