@@ -44,8 +44,8 @@ from ctrpy.snapshotter.native import NativeSnapshotter
 from ctrpy.snapshotter.overlay import OverlaySnapshotter
 from ctrpy.snapshotter.proxy import ProxySnapshotter
 
-from . import rootlock, startup
-from .config import Config, duration_seconds
+from . import memtrim, rootlock, startup
+from .config import Config
 from .content import ContentStore
 from .diff import Limits
 from .events import Exchange
@@ -193,52 +193,18 @@ def _cri(config: Config, db: Database, content: NamespacedContent, transfers: Tr
     """Serve Kubernetes' CRI (runtime.v1 RuntimeService and ImageService) on the same socket, when
     ``[cri] enabled``: images through the same stores and puller as Transfer, in ``k8s.io``.
     Returns what attaches the pod sandboxes once the task manager has recovered its shims."""
-    cri = config.cri
-    if not cri.enabled:
+    if not config.cri.enabled:
         return None
-    # Imported here: the CRI's generated API alone costs about 2 MiB that a daemon with the CRI
-    # switched off does not pay.
-    from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as cri_pb2
-    from ctrpy.api.k8s.cri.runtime.v1 import api_pb2_grpc as cri_pb2_grpc
+    # Registered now, imported and built at the first call (or now, when the CRI left state on
+    # disk): see manager/cri/lazy.py. It keeps about 5 MiB out of a daemon no kubelet uses.
+    from .cri.lazy import IMAGE_SERVICE, RUNTIME_SERVICE, CriParts, LazyCri
 
-    from .cri.deps import ImageBackends, ImageSettings
-    from .cri.fsusage import UsageSampler
-    from .cri.image_service import ImageServicer
-    from .cri.runtime import RuntimeState
-    from .cri.runtime_service import RuntimeServicer
-
-    settings = ImageSettings(config.cri_registry_config_path, duration_seconds(cri.image_pull_progress_timeout),
-                             cri.sandbox_image)
-    backends = ImageBackends(db=db, images=ImageStore(db), content=content, transfers=transfers, events=exchange,
-                             gc=gc, settings=settings)
-    snapshot_root = config.root / "snapshots" / config.default_snapshotter
-    filesystem = UsageSampler(snapshot_root if config.default_snapshotter not in config.proxy_plugins else None,
-                              float(cri.stats_collect_period))
-    runtime_servicer = RuntimeServicer(RuntimeState(cri))
-    services.add("cri", runtime_servicer, cri_pb2_grpc.add_RuntimeServiceServicer_to_server,
-                 cri_pb2.DESCRIPTOR.services_by_name["RuntimeService"],
-                 requires=("io.containerd.event.v1", "io.containerd.service.v1"))
+    cri = LazyCri(CriParts(config, db, content, transfers, exchange, gc, stack))
+    services.server.add_generic_rpc_handlers(cri.handlers())
     # One plugin (cri) serves both services, as in containerd.
-    image_servicer = ImageServicer(backends, filesystem)
-    cri_pb2_grpc.add_ImageServiceServicer_to_server(image_servicer, services.server)
-    services.names.append(cri_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name)
-
-    async def attach_sandboxes(tasks: TaskManager, containers: ContainerStore,
-                               snapshots: dict[str, SnapshotStore]) -> None:
-        from .cri.sandbox_setup import start_sandboxes
-
-        runtime_servicer.sandboxes = await start_sandboxes(config, db, containers, snapshots, tasks, exchange,
-                                                           image_servicer.images)
-        from .cri.container_service import start_containers
-
-        runtime_servicer.containers = await start_containers(config, db, containers, snapshots, tasks, exchange,
-                                                             image_servicer.images, runtime_servicer.sandboxes)
-        from .cri.streaming.server import start_streaming
-
-        runtime_servicer.streaming = await start_streaming(cri, runtime_servicer.containers)
-        stack.push_async_callback(runtime_servicer.streaming.close)
-
-    return attach_sandboxes
+    services.names += [RUNTIME_SERVICE, IMAGE_SERVICE]
+    services.add_plugin(Plugin(GRPC_PLUGIN, "cri", requires=("io.containerd.event.v1", "io.containerd.service.v1")))
+    return cri.attach
 
 
 def _host_arch() -> str:
@@ -383,6 +349,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             stack.callback(loop.remove_signal_handler, signum)
 
         log.info("ctrpyd serving", address=str(config.address), root=str(config.root), state=str(config.state))
+        memtrim.trim()  # what start-up freed goes back to the kernel (see manager/memtrim.py)
         if ready is not None:
             ready.set()
         await stopping.wait()

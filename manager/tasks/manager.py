@@ -38,7 +38,6 @@ from ctrpy.api.containerd.events import task_pb2 as task_events
 from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.errors import AlreadyExists, CtrpyError, InvalidArgument, NotFound, Unavailable
 from ctrpy.mount import Mount
-from ctrpy.oci.mounts import check_mounts
 from ctrpy.records import AnyValue, Container
 from ctrpy.shim.files import ExitInfo
 
@@ -85,7 +84,10 @@ def _spec_bytes(container: Container) -> bytes:
         raise InvalidArgument(f'container "{container.id}": spec has no root.path')
     if not isinstance(spec.get("process"), dict):
         raise InvalidArgument(f'container "{container.id}": spec has no process')
-    # Literally here; the shim checks again, resolved inside the mounted rootfs.
+    # Literally here; the shim checks again, resolved inside the mounted rootfs. Imported here:
+    # the ctrpy.oci package brings the client and the image model, ~0.7 MiB an idle daemon need not hold.
+    from ctrpy.oci.mounts import check_mounts
+
     check_mounts(container.id, spec.get("mounts"))
     return container.spec.value
 
