@@ -20,7 +20,7 @@ import time
 from ctrpy import mount as mounts
 from ctrpy.errors import CtrpyError
 
-from . import files
+from . import attachproto, files
 from .config import PROCESS_NAME, ShimConfig
 from .files import ExitInfo
 from .runc import last_logged_error
@@ -96,9 +96,10 @@ def delete_bundle(config: ShimConfig) -> ExitInfo:
     if mounts.mountpoints_under(bundle):
         raise CtrpyError(f'bundle "{bundle}" still has mounts; not removed')
     if os.path.exists(config.socket_path) and not _is_shim(files.read_pid(bundle, files.SHIM_PID) or 0):
-        try:
-            os.unlink(config.socket_path)
-        except FileNotFoundError:
-            pass
+        for path in (config.socket_path, attachproto.socket_for(config.socket_path)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
     shutil.rmtree(bundle)
     return info

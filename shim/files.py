@@ -9,8 +9,10 @@ the rest::
     shim.pid        the shim's pid
     init.pid        the init process's pid (written by runc --pid-file)
     runtime.json    the runtime binary and root the shim used, for ``ctrpy-shim delete``
-    exit            ``{"pid", "exit_status", "exited_at"}`` of the init process, written
+    exit            ``{"pid", "exit_status", "exited_at"[, "oom_killed"]}`` of the init process, written
                     (temp + fsync + rename) before the exit is reported to anyone
+    oom             present once the kernel's OOM killer has killed a process of the task
+                    (written before the OOM is reported, and before the exit it caused)
     log.json        runc's log (json lines)
     shim.log        the shim's own stderr
 
@@ -34,6 +36,7 @@ SHIM_PID = "shim.pid"
 INIT_PID = "init.pid"
 RUNTIME = "runtime.json"
 EXIT = "exit"
+OOM = "oom"
 RUNC_LOG = "log.json"
 SHIM_LOG = "shim.log"
 
@@ -43,15 +46,22 @@ UNKNOWN_EXIT_STATUS = 255
 
 @dataclass(frozen=True)
 class ExitInfo:
-    """How a process ended: its pid, exit status (128 + signal when killed) and exit time."""
+    """How a process ended: its pid, exit status (128 + signal when killed) and exit time; for
+    a task's init process, also whether the OOM killer had killed a process of the task (kept in
+    the ``exit`` file, so that it outlives both the event and the shim)."""
 
     pid: int
     exit_status: int
     exited_at_ns: int
+    oom_killed: bool = False
 
     def to_json(self) -> str:
-        """The JSON text stored in the bundle's ``exit`` file."""
-        return json.dumps({"pid": self.pid, "exit_status": self.exit_status, "exited_at": self.exited_at_ns})
+        """The JSON text stored in the bundle's ``exit`` file (``oom_killed`` only when true)."""
+        data: dict[str, int | bool] = {"pid": self.pid, "exit_status": self.exit_status,
+                                       "exited_at": self.exited_at_ns}
+        if self.oom_killed:
+            data["oom_killed"] = True
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> ExitInfo:
@@ -59,7 +69,8 @@ class ExitInfo:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("exit file does not hold an object")
-        return cls(int(data["pid"]), int(data["exit_status"]), int(data["exited_at"]))
+        return cls(int(data["pid"]), int(data["exit_status"]), int(data["exited_at"]),
+                   bool(data.get("oom_killed", False)))
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,17 @@ def write_exit(bundle: str | os.PathLike[str], info: ExitInfo) -> None:
     """Persist the init process's exit in ``<bundle>/exit``, atomically and fsynced, before
     anyone is told of the exit."""
     write_atomic(Path(bundle) / EXIT, info.to_json(), durable=True)
+
+
+def record_oom(bundle: str | os.PathLike[str]) -> None:
+    """Mark in ``<bundle>/oom`` that the OOM killer killed a process of the task, durably: the
+    manager may be down when it happens, and its event may never reach a restarted one in time."""
+    write_atomic(Path(bundle) / OOM, "", durable=True)
+
+
+def oom_recorded(bundle: str | os.PathLike[str]) -> bool:
+    """Whether :func:`record_oom` marked the task's bundle."""
+    return (Path(bundle) / OOM).exists()
 
 
 def read_exit(bundle: str | os.PathLike[str]) -> ExitInfo | None:

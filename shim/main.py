@@ -14,7 +14,6 @@ Exit status: 0 on success, 1 with a message on stderr otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ctrpy.errors import CtrpyError
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import cleanup
 
         info = cleanup.delete_bundle(config)
-        print(json.dumps({"pid": info.pid, "exit_status": info.exit_status, "exited_at": info.exited_at_ns}))
+        print(info.to_json())
         return 0
     except CtrpyError as exc:
         print(f"ctrpy-shim: {exc.message}", file=sys.stderr)

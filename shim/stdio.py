@@ -19,6 +19,11 @@ Where each of stdin, stdout and stderr goes is given as a path or URI:
 
 With a terminal, runc hands the pty master to the shim over a console socket; the shim copies
 stdin -> master and master -> stdout, and applies window sizes to the master.
+
+A stdin of ``ctrpy-attach://?stdin=0|1&stdin_once=0|1`` (init process only) makes the shim serve
+attach clients (:mod:`ctrpy.shim.attachproto`): the output the shim reads (for a CRI log, or for
+nothing when stdout and stderr are empty) is also sent to them, and with ``stdin=1`` the
+container's stdin is a pipe (or the terminal) that they write to.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from urllib.parse import parse_qsl, urlparse
 
 from ctrpy.errors import CtrpyError, InvalidArgument
 
-from . import aio, crilog
+from . import aio, attachproto, crilog
+from .attachserver import AttachServer
 from .reaper import Child, Reaper
 
 LOGGER_READY_TIMEOUT = 10.0
@@ -79,8 +85,14 @@ class ProcessIO:
         container_id: str,
         reaper: Reaper,
         console_dir: str,
+        attach_socket: str = "",
     ) -> None:
         self.paths = paths
+        self._attach_socket = attach_socket  # where attach clients connect (init process only)
+        self._attach_options: attachproto.Options | None = None
+        self._attach_stdin = -1  # the stdin pipe's write end, until the attach server has it
+        self._attach: AttachServer | None = None
+        self._attach_jobs: set[asyncio.Task[None]] = set()
         self._namespace = namespace
         self._container_id = container_id
         self._reaper = reaper
@@ -102,7 +114,7 @@ class ProcessIO:
         self._stdin_closing = False
         self._stdin_wake: asyncio.Future[None] | None = None
         self._logs: dict[str, crilog.LogFile] = {}  # CRI log files by path
-        self._log_sources: list[tuple[int, bytes, crilog.LogFile, int]] = []  # (pipe, stream, file, max)
+        self._log_sources: list[tuple[int, bytes, crilog.LogFile | None, int]] = []  # (pipe, stream, file, max)
         self._tty_log: tuple[crilog.LogFile, int] | None = None  # the terminal's CRI log, max line
 
     # ---- opening --------------------------------------------------------------------------
@@ -117,7 +129,9 @@ class ProcessIO:
 
     async def _open(self) -> None:
         p = self.paths
-        if p.stdin:
+        if attachproto.is_uri(p.stdin):
+            self._open_attach(p.stdin)
+        elif p.stdin:
             self._open_stdin(p.stdin)
         self._open_cri_logs()
         if p.stdout.startswith("binary://") or p.stderr.startswith("binary://"):
@@ -130,12 +144,15 @@ class ProcessIO:
                 err_sink = out_sink  # one file, written directly by the container
             else:
                 err_sink = self._open_sink(p.stderr, "stderr")
+        attach_only = self._attach_options is not None
         if p.terminal:
-            if self._tty_log is None:
+            if self._tty_log is None and not (attach_only and out_sink < 0):
                 self._tty_sink = out_sink if out_sink >= 0 else self._own(os.open(os.devnull, os.O_WRONLY))
             self._listen_console()
             return
         for number, sink, path in ((1, out_sink, p.stdout), (2, err_sink, p.stderr)):
+            if sink < 0 and attach_only and not crilog.is_uri(path):
+                self._attach_only_source(number)
             if sink < 0:
                 continue
             if _is_fifo_uri(path):
@@ -180,6 +197,25 @@ class ProcessIO:
             self.child_fds[number] = w
             self._log_sources.append((r, stream, log_file, target.max_line_size))
 
+    def _open_attach(self, uri: str) -> None:
+        """Serve attach clients; with their stdin, the container's stdin is a pipe we hold."""
+        if not self._attach_socket:
+            raise InvalidArgument("attach is served for a container's init process only")
+        self._attach_options = attachproto.parse_uri(uri)
+        if self._attach_options.stdin and not self.paths.terminal:
+            r, w = os.pipe()
+            self._after_start.append(r)
+            self._attach_stdin = self._own(w)
+            self.child_fds[0] = r
+
+    def _attach_only_source(self, number: int) -> None:
+        """An output that goes to attach clients only: a pipe the shim reads."""
+        r, w = os.pipe()
+        self._owned.append(r)
+        self._after_start.append(w)
+        self.child_fds[number] = w
+        self._log_sources.append((r, crilog.STDOUT if number == 1 else crilog.STDERR, None, 0))
+
     def _open_stdin(self, path: str) -> None:
         path = _strip(path)
         try:
@@ -193,6 +229,9 @@ class ProcessIO:
         if not self.paths.terminal:
             r, w = os.pipe()
             self._after_start.append(r)
+            # Our end never blocks: a full pipe (the process not reading its stdin while its
+            # output waits for us) must not stop the event loop that drains that output.
+            aio.set_nonblocking(w)
             self._stdin_dst = self._own(w)
             self.child_fds[0] = r
 
@@ -266,21 +305,45 @@ class ProcessIO:
         if self.paths.terminal:
             self._master = self._own(await self._receive_master())
             aio.set_nonblocking(self._master)
+        await self._start_attach()
+        if self.paths.terminal:
             if self._tty_log is not None:
                 log_file, max_line = self._tty_log
                 pump = self._pump_log(self._master, crilog.STDOUT, log_file, max_line)
+            elif self._tty_sink < 0:  # attach clients only
+                pump = self._pump_log(self._master, crilog.STDOUT, None, 0)
             else:
                 pump = self._pump_out(self._master, self._tty_sink)
             self._pumps.append(asyncio.create_task(pump))
-        for fd, stream, log_file, max_line in self._log_sources:
+        for fd, stream, source_log, max_line in self._log_sources:
             aio.set_nonblocking(fd)
-            self._pumps.append(asyncio.create_task(self._pump_log(fd, stream, log_file, max_line)))
+            self._pumps.append(asyncio.create_task(self._pump_log(fd, stream, source_log, max_line)))
         for src, sink in self._outputs:
             aio.set_nonblocking(src)
             self._pumps.append(asyncio.create_task(self._pump_out(src, sink)))
         if self._stdin_src >= 0:
             dst = self._master if self.paths.terminal else self._stdin_dst
             self._stdin_pump = asyncio.create_task(self._pump_in(self._stdin_src, dst))
+
+    async def _start_attach(self) -> None:
+        """Listen for attach clients; the stdin pipe (or the terminal) becomes theirs."""
+        options = self._attach_options
+        if options is None:
+            return
+        stdin, owns = -1, False
+        if options.stdin and self.paths.terminal:
+            stdin = self._master
+        elif self._attach_stdin >= 0:
+            stdin, owns = self._attach_stdin, True
+            self._owned.remove(stdin)
+            self._attach_stdin = -1
+            aio.set_nonblocking(stdin)
+            if self._stdin_closing:  # CloseIO came first
+                aio.close_fd(stdin)
+                stdin = -1
+        self._attach = AttachServer(self._attach_socket, tty=self.paths.terminal, stdin=stdin,
+                                    stdin_once=options.stdin_once, owns_stdin=owns)
+        await self._attach.start()
 
     async def _receive_master(self) -> int:
         listener = self._listener
@@ -325,22 +388,28 @@ class ProcessIO:
                 self._close_owned(src)
             self._close_owned(sink)
 
-    async def _pump_log(self, src: int, stream: bytes, log_file: crilog.LogFile, max_line: int) -> None:
-        """Copy one output stream into a CRI log, line by line, until end of file (or close()).
+    async def _pump_log(self, src: int, stream: bytes, log_file: crilog.LogFile | None, max_line: int) -> None:
+        """Copy one output stream into a CRI log, line by line, until end of file (or close()),
+        and to the attach clients as it comes.
 
         The unterminated rest is written as partial records however the copy ends.
         """
         lines = crilog.LineSplitter(max_line)
+        kind = attachproto.STDOUT if stream == crilog.STDOUT else attachproto.STDERR
         try:
             while True:
                 data = await aio.read_some(src)
                 if not data:
                     return
-                log_file.write(stream, lines.feed(data))
+                if log_file is not None:
+                    log_file.write(stream, lines.feed(data))
+                if self._attach is not None:
+                    self._attach.output(kind, data)
         except OSError:
             return
         finally:
-            log_file.write(stream, lines.finish())
+            if log_file is not None:
+                log_file.write(stream, lines.finish())
             if src != self._master:
                 self._close_owned(src)
 
@@ -380,6 +449,10 @@ class ProcessIO:
         self._stdin_closing = True
         if self._stdin_wake is not None:
             _wake(self._stdin_wake)
+        if self._attach is not None and not self.paths.terminal:
+            job = asyncio.ensure_future(self._attach.close_stdin())
+            self._attach_jobs.add(job)
+            job.add_done_callback(self._attach_jobs.discard)
 
     def resize(self, width: int, height: int) -> None:
         """Set the pty's window size (TIOCSWINSZ); raises CtrpyError when there is no pty yet."""
@@ -392,6 +465,8 @@ class ProcessIO:
         pending = [t for t in self._pumps if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+        if self._attach is not None:
+            await self._attach.finish()  # the process is gone: its attach clients are done
 
     async def close(self) -> None:
         """Stop copying and close everything; stop the logging binary."""
@@ -401,6 +476,9 @@ class ProcessIO:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._attach is not None:
+            await self._attach.finish()
+            await asyncio.gather(*self._attach_jobs, return_exceptions=True)
         self._close_console_socket()
         for fd in self._after_start + self._owned:
             aio.close_fd(fd)

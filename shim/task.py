@@ -32,7 +32,7 @@ from ctrpy.api.containerd.types import mount_pb2
 from ctrpy.errors import AlreadyExists, CtrpyError, FailedPrecondition, InvalidArgument, NotFound
 from ctrpy.oci.mounts import check_mounts
 
-from . import files
+from . import attachproto, files
 from .config import ShimConfig
 from .events import Publisher, timestamp
 from .files import ExitInfo
@@ -166,6 +166,7 @@ class Task:
             container_id=self.config.id,
             reaper=self.reaper,
             console_dir=self.config.socket_dir,
+            attach_socket=attachproto.socket_for(self.config.socket_path) if create else "",
         )
         await io.open()
         proc.io = io
@@ -283,8 +284,9 @@ class Task:
         if proc.io is not None:
             await proc.io.drain(DRAIN_TIMEOUT)
         if proc.is_init:
-            try:
-                files.write_exit(self.config.bundle, info)
+            try:  # with the OOM kill _on_oom marked (the check above saw the last one)
+                oom = files.oom_recorded(self.config.bundle)
+                files.write_exit(self.config.bundle, ExitInfo(info.pid, info.exit_status, info.exited_at_ns, oom))
             except OSError as exc:
                 log.error("writing the exit file failed: %s", exc)
         await proc.start_done.wait()
@@ -301,6 +303,10 @@ class Task:
         )
 
     def _on_oom(self) -> None:
+        try:  # on disk first: ctrpyd may be down, and reads it when it records the exit
+            files.record_oom(self.config.bundle)
+        except OSError as exc:
+            log.error("recording the OOM kill failed: %s", exc)
         self.publisher.publish("/tasks/oom", events.TaskOOM(container_id=self.config.id))
 
     def _watch_oom(self, pid: int) -> None:

@@ -86,8 +86,7 @@ async def run_shim_delete(
     if proc.returncode != 0:
         message = err.decode(errors="replace").strip().removeprefix("ctrpy-shim: ")
         raise error_from_message(message or f"ctrpy-shim delete exited with {proc.returncode}")
-    data = json.loads(out)
-    return ExitInfo(int(data["pid"]), int(data["exit_status"]), int(data["exited_at"]))
+    return ExitInfo.from_json(out.decode())
 
 
 class ShimLauncher:
