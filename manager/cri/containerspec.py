@@ -28,8 +28,9 @@ containerd's default spec (``ctrpy.oci.defaults``) it applies, in containerd's o
 - containerd's annotations (container type, sandbox id/name/namespace/uid, container name,
   image name). Sysctls stay the sandbox's (containerd sets them only there).
 
-User namespaces are not supported: a config asking for one (``userns_options`` in POD mode) is
-refused with Unimplemented rather than run without the isolation it asked for.
+User namespaces: a container of a pod with a user namespace (:mod:`.userns`) joins the pause
+process's (``/proc/<pid>/ns/user``) with the pod's mappings in the spec, as containerd; its own
+``userns_options``, when given, must be the pod's (InvalidArgument otherwise).
 """
 
 from __future__ import annotations
@@ -44,10 +45,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ctrpy import errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.errors import FailedPrecondition, InvalidArgument
-from ctrpy.manager.cri import crimounts, seccomp, security
+from ctrpy.manager.cri import crimounts, seccomp, security, userns
 from ctrpy.manager.cri.crimounts import CriMount
 from ctrpy.oci import defaults
 from ctrpy.oci.defaults import Spec
@@ -243,12 +243,14 @@ def container_env(config: api.ContainerConfig, image: ImageInfo, hostname: str) 
 
 def _namespaces(spec: Spec, config: api.ContainerConfig, sandbox: SandboxInfo, target_pid: int | None) -> None:
     options = config.linux.security_context.namespace_options
-    userns = options.userns_options if options.HasField("userns_options") else None
-    if userns is not None and userns.mode != api.NODE:
-        raise errors.NotImplemented("user namespaces are not supported")
     pod = sandbox.namespace_options
+    pod_userns = userns.pod_userns(pod)
+    userns.container_check(options, pod_userns)
     host_network = pod.network == api.NODE
     wanted: dict[str, str | None] = {"mount": None}
+    if pod_userns is not None:
+        wanted["user"] = _pause_ns(sandbox, "user")
+        defaults.linux(spec).update(pod_userns.oci())
     if not host_network:
         if sandbox.netns:
             wanted["network"] = sandbox.netns
@@ -267,7 +269,7 @@ def _namespaces(spec: Spec, config: api.ContainerConfig, sandbox: SandboxInfo, t
         if not options.target_id or target_pid is None or target_pid <= 0:
             raise FailedPrecondition(f"target container {options.target_id!r} of the pid namespace is not running")
         wanted["pid"] = f"/proc/{target_pid}/ns/pid"
-    order = ("pid", "network", "ipc", "uts", "mount", "cgroup")
+    order = ("user", "pid", "network", "ipc", "uts", "mount", "cgroup")
     namespaces = []
     for kind in order:
         if kind not in wanted:
@@ -375,9 +377,9 @@ def container_spec(
     ``rootfs`` is the container's root filesystem, mounted (read-only is enough): users and
     groups are looked up in its /etc/passwd and /etc/group and image volumes copied from it.
     ``target_pid`` is the pid of the container named by a TARGET pid namespace option. Raises
-    InvalidArgument for a config that cannot be honoured, NotFound for an unknown user or group
-    name or a missing seccomp profile, FailedPrecondition when a mount's propagation or the
-    sandbox does not allow it, NotImplemented for user namespaces.
+    InvalidArgument for a config that cannot be honoured (a user namespace option other than
+    the pod's among them), NotFound for an unknown user or group name or a missing seccomp
+    profile, FailedPrecondition when a mount's propagation or the sandbox does not allow it.
     """
     facts = facts or host_facts()
     linux_config = config.linux

@@ -24,6 +24,7 @@ handles both kinds. Bringing ``lo`` up inside the namespace is the CNI loopback 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -46,6 +47,7 @@ __all__ = [
     "list_all",
     "list_leftovers",
     "netns_dir",
+    "pin_from_pid",
     "remove",
 ]
 
@@ -120,6 +122,28 @@ def create(state_dir: str | os.PathLike[str]) -> str:
         if isinstance(exc, OSError):
             raise CtrpyError(f"create network namespace {path}: {exc.strerror or exc}") from exc
         raise
+    return path
+
+
+def pin_from_pid(state_dir: str | os.PathLike[str], pid: int) -> str:
+    """Pin the network namespace process ``pid`` is in under ``state_dir``; return its path.
+
+    For a pod with a user namespace: runc makes its network namespace (a namespace owned by the
+    pod's user namespace, which the pause process needs to mount its own /sys and set net.*
+    sysctls), and ctrpyd pins it from the created pause process, as containerd's
+    ``NewNetNSFromPID``. Same file naming, crash behaviour and removal as :func:`create`.
+    """
+    directory = netns_dir(state_dir)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    path = os.path.join(directory, f"{PREFIX}{uuid.uuid4()}")
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    try:
+        mount(Mount("none", f"/proc/{pid}/ns/net", options=("bind",)), path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise CtrpyError(f"pin network namespace of pid {pid} at {path}: {exc.strerror or exc}") from exc
     return path
 
 

@@ -174,8 +174,10 @@ def sandbox_spec(
     netns: str,
     files: Mapping[str, str],
     shm: str,
+    userns: Mapping[str, Any] | None = None,
 ) -> Spec:
-    """The OCI spec of the pause container (see the module docstring)."""
+    """The OCI spec of the pause container (see the module docstring). ``userns``: the
+    ``linux`` mapping keys of the pod's new user namespace (``userns.PodUserns.oci``), if any."""
     run = image_config.get("config") if isinstance(image_config.get("config"), dict) else {}
     assert isinstance(run, dict)
     args = [*(run.get("Entrypoint") or []), *(run.get("Cmd") or [])]
@@ -205,6 +207,9 @@ def sandbox_spec(
     for entry in namespaces:
         if entry["type"] == "network" and netns:
             entry["path"] = netns
+    if userns is not None:
+        namespaces.append({"type": "user"})
+        linux.update(userns)
     linux["namespaces"] = namespaces
     if host_network:
         spec.pop("hostname", None)

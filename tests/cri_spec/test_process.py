@@ -11,7 +11,6 @@ import pytest
 
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.errors import FailedPrecondition, InvalidArgument, NotFound
-from ctrpy.errors import NotImplemented as Unimplemented
 from ctrpy.manager.cri.containerspec import container_args, container_spec
 from tests.cri_spec.support import FACTS, container, image, make_rootfs, sandbox
 
@@ -179,13 +178,28 @@ def test_container_and_target_pid_namespaces(tmp_path: Path, rootfs: Path) -> No
     assert {"type": "pid", "path": "/proc/999/ns/pid"} in spec["linux"]["namespaces"]
 
 
-def test_user_namespaces_are_refused_not_ignored(tmp_path: Path, rootfs: Path) -> None:
+def test_user_namespace_is_the_pods(tmp_path: Path, rootfs: Path) -> None:
+    """A container joins its pod's user namespace with the pod's mappings; a user namespace
+    option other than the pod's is refused, not ignored."""
     config = container()
     config.linux.security_context.namespace_options.userns_options.mode = api.POD
-    with pytest.raises(Unimplemented):
+    with pytest.raises(InvalidArgument):  # POD without mappings, in a pod without a namespace
         build(tmp_path, rootfs, config)
     config.linux.security_context.namespace_options.userns_options.mode = api.NODE
-    build(tmp_path, rootfs, config)
+    spec = build(tmp_path, rootfs, config)
+    assert "user" not in [n["type"] for n in spec["linux"]["namespaces"]]
+
+    box = sandbox(tmp_path / "userns-sandbox", pause_pid=4242)
+    mapping = api.IDMapping(container_id=0, host_id=100000, length=65536)
+    box.config.linux.security_context.namespace_options.userns_options.CopyFrom(
+        api.UserNamespace(mode=api.POD, uids=[mapping], gids=[mapping]))
+    with pytest.raises(InvalidArgument, match="differs from the sandbox"):
+        build(tmp_path, rootfs, config, box=box)  # NODE in a pod with a user namespace
+    config.linux.security_context.namespace_options.ClearField("userns_options")
+    spec = build(tmp_path, rootfs, config, box=box)
+    assert spec["linux"]["namespaces"][0] == {"type": "user", "path": "/proc/4242/ns/user"}
+    assert spec["linux"]["uidMappings"] == spec["linux"]["gidMappings"] == [
+        {"containerID": 0, "hostID": 100000, "size": 65536}]
 
 
 def test_resources(tmp_path: Path, rootfs: Path) -> None:
