@@ -18,6 +18,7 @@ from . import (
     cases_latency,
     cases_metadata,
     cases_pull,
+    cases_storm,
     cases_throughput,
 )
 from .harness import Daemons, Measurement, Settings, daemons, progress
@@ -34,6 +35,7 @@ CASES: dict[str, Case] = {
     "pull": cases_pull.registry_pull,
     "docker": cases_docker.docker_run,
     "cri": cases_cri.cri,
+    "storm": cases_storm.pod_storm,
 }
 
 

@@ -30,10 +30,17 @@ The points (each is one ``failpoints.hit(...)`` line in the code it names):
 
 Before it dies, the process writes ``ctrpy failpoint <name>: killing pid <pid>`` to stderr
 (unbuffered), so that a test can tell the failpoint from an unrelated crash.
+
+Stalls: ``CTRPY_STALLS=name=seconds[,...]`` makes the coroutine that reaches ``await
+stall(name)`` sleep that long there, every time (the event loop goes on): a slow step on
+demand, for the tests of calls whose client gives up first (deadlines). Points: the failpoint
+names above that have a ``stall`` line beside their ``hit`` line
+(``cri.container.create.after-snapshot``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -98,6 +105,34 @@ _armed: dict[str, int] = parse(os.environ.get(ENV, ""))
 _seen: dict[str, int] = {}
 _lock = threading.Lock()  # hits come from the event loop and from worker threads
 _also: list[int] = []  # processes that die with this one (a helper's daemon)
+
+
+STALLS_ENV = "CTRPY_STALLS"
+
+
+def parse_stalls(text: str) -> dict[str, float]:
+    """``"a=2.5"`` -> ``{"a": 2.5}``; ValueError for an unknown name or a bad number."""
+    stalls: dict[str, float] = {}
+    for item in text.split(","):
+        name, _, seconds = item.strip().partition("=")
+        if not name:
+            continue
+        if name not in NAMES:
+            raise ValueError(f"{STALLS_ENV}: unknown point {name!r} (known: {', '.join(sorted(NAMES))})")
+        try:
+            stalls[name] = float(seconds)
+        except ValueError:
+            raise ValueError(f"{STALLS_ENV}: {item!r}: the seconds must be a number") from None
+    return stalls
+
+
+_stalls: dict[str, float] = parse_stalls(os.environ.get(STALLS_ENV, ""))
+
+
+async def stall(name: str) -> None:
+    """Reach the stall point ``name``: sleep as long as ``CTRPY_STALLS`` says (usually not at all)."""
+    if _stalls and name in _stalls:
+        await asyncio.sleep(_stalls[name])
 
 
 def die_with(pid: int) -> None:

@@ -327,7 +327,12 @@ class CNI:
         caps = pod.capability_args()
         args = tuple(pod.cni_args())
         pending = Attachment(net.name, ifname, None, net, pod.netns, order, args, caps)
-        self.cache.write(pod.container_id, pending)
+        # Before ADD, durably where the plugins keep state on disk (an IPAM's allocation, which
+        # outlives a power cut): the entry is what lets a DEL free it. The loopback network
+        # keeps nothing, and the result after ADD is a cache of what the plugins answered
+        # (the sandbox record keeps the IPs): written, not fsynced. In a thread either way:
+        # a rename can wait on the journal of a busy disk.
+        await asyncio.to_thread(self.cache.write, pod.container_id, pending, durable=net is not _LOOPBACK)
         prev: dict[str, Any] | None = None
         for plugin in net.plugins:
             conf = self._plugin_conf(net, plugin, prev, caps)
@@ -341,7 +346,7 @@ class CNI:
         except InvalidArgument as exc:
             raise PluginError(net.types[-1], net.name, "ADD", 0, exc.message) from exc
         done = Attachment(net.name, ifname, result, net, pod.netns, order, args, caps)
-        self.cache.write(pod.container_id, done)
+        await asyncio.to_thread(self.cache.write, pod.container_id, done, durable=False)
         return done
 
     async def _delete(self, pod: PodRequest, a: Attachment, netns: str) -> None:

@@ -54,8 +54,13 @@ class ResultCache:
     def path(self, network: str, container_id: str, ifname: str) -> str:
         return os.path.join(self.directory, f"{network}-{container_id}-{ifname}")
 
-    def write(self, container_id: str, a: Attachment) -> None:
-        """Write (or replace) the entry of ``a``."""
+    def write(self, container_id: str, a: Attachment, *, durable: bool = True) -> None:
+        """Write (or replace) the entry of ``a``; ``durable`` fsyncs it and the directory.
+
+        What is written is safe from a crash of ctrpyd once this returns, fsynced or not; the
+        fsyncs are for a power cut, and cost a journal commit each (milliseconds on a busy
+        disk): callers ask for them only where a lost entry would leak an address.
+        """
         doc = {
             "kind": KIND,
             "containerId": container_id,
@@ -74,10 +79,13 @@ class ResultCache:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(doc).encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        if not durable:
+            return
         dirfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dirfd)

@@ -188,12 +188,14 @@ class ContainerCalls:
         return api.ContainerStatsResponse(stats=await self.stats.container(record))
 
     async def _container_stats(self, wanted: api.ContainerStatsFilter | None) -> list[api.ContainerStats]:
-        records = [r for r in self.containers.list() if r.phase == RUNNING]
+        every = self.containers.list()
+        self.stats.layers.keep_only(r.id for r in every)
+        records = [r for r in every if r.phase == RUNNING]
         if wanted is not None:
             records = [r for r in records if r.id.startswith(wanted.id)
                        and r.sandbox_id.startswith(wanted.pod_sandbox_id)
                        and _selected(self.containers.config_of(r).labels, wanted.label_selector)]
-        return list(await asyncio.gather(*(self.stats.container(r) for r in records)))
+        return await self.stats.many(records)
 
     async def list_container_stats(self, request: api.ListContainerStatsRequest) -> api.ListContainerStatsResponse:
         return api.ListContainerStatsResponse(stats=await self._container_stats(
@@ -218,7 +220,7 @@ class ContainerCalls:
         if wanted is not None:
             records = [r for r in records if r.id.startswith(wanted.id) and _selected(
                 api.PodSandboxConfig.FromString(r.config).labels, wanted.label_selector)]
-        ready = await asyncio.gather(*(sandboxes.ready(r) for r in records))
+        ready = [sandboxes.ready_now(r) for r in records]
         members = self.containers.list()
         return list(await asyncio.gather(*(
             self.stats.pod(r, up, [c for c in members if c.sandbox_id == r.id])
@@ -277,7 +279,8 @@ async def start_containers(
     )  # fmt: skip
     await manager.recover()
     snapshot_root = os.path.join(str(config.root), "snapshots", config.default_snapshotter)
-    calls = ContainerCalls(manager, Stats(manager, tasks, snapshot_root), os.path.join(str(config.state), "cri", "exec"))
+    stats = Stats(manager, tasks, snapshot_root, float(config.cri.stats_collect_period))
+    calls = ContainerCalls(manager, stats, os.path.join(str(config.state), "cri", "exec"))
     manager.listeners.append(calls.events.publish)
     manager.sandboxes.listeners.append(calls.events.publish)
     manager.attach()

@@ -9,7 +9,9 @@ ReopenContainerLog, done as containerd's CRI plugin does them (``container_*.go`
   stores a containerd container record labelled ``io.cri-containerd.kind=container`` with the
   CRI metadata in its extensions, so ``ctr -n k8s.io containers ls`` shows it. No task yet.
 - Start (the sandbox must be ready) creates the task through the task manager with both
-  outputs sent to the CRI log file, written by the shim (``ctrpy-crilog://``), and starts it.
+  outputs sent to the CRI log file, written by the shim (``ctrpy-crilog://``), and starts it;
+  the shim also serves Attach's clients and holds the stdin the config asks for
+  (``ctrpy-attach://``, see :mod:`ctrpy.shim.attachproto`).
 - A task's exit is recorded (finished at, exit code, reason Completed/Error/OOMKilled) and the
   task is then deleted, as containerd does, so that an exited container costs no shim.
 - Stop sends the config's or image's stop signal, waits ``timeout`` seconds, then SIGKILL;
@@ -53,8 +55,9 @@ from ctrpy.errors import (
 from ctrpy.mount import Mount, mounted, unmount_all
 from ctrpy.oci.layout import spec_json
 from ctrpy.records import AnyValue, Container, Runtime
+from ctrpy.shim.attachproto import uri as attach_uri
 from ctrpy.shim.crilog import uri as crilog_uri
-from ctrpy.shim.files import ExitInfo
+from ctrpy.shim.files import ExitInfo, oom_recorded
 
 from .. import failpoints
 from ..diff.mounts import readonly_mounts
@@ -63,11 +66,14 @@ from ..metadata.containers import ContainerStore as MetaContainers
 from ..metadata.db import Database
 from ..metadata.snapshots import SnapshotStore
 from ..runtime import Stdio
+from ..runtime.bundle import Bundle
 from ..tasks.manager import TaskManager
-from . import containerspec
+from . import containerspec, userns
 from .container_store import CREATED, CREATING, EXITED, RUNNING, ContainerRecord, ContainerStore
+from .creations import Creations
 from .sandbox_store import READY, SandboxRecord
 from .sandboxes import NAMESPACE, Sandboxes
+from .steptimes import StepTimes
 
 if TYPE_CHECKING:
     from .images import CriImage, CriImages
@@ -153,6 +159,7 @@ class Containers:
         self._exit_seen: dict[str, asyncio.Event] = {}
         self._oom: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._creations = Creations("container", lambda gone: self._spawn(self._remove_quietly(gone)))
 
     def attach(self) -> None:
         """Hook into the event exchange and the sandboxes (once, after :meth:`recover`)."""
@@ -224,11 +231,21 @@ class Containers:
             raise InvalidArgument("container config must name an image")
         pod = api.PodSandboxConfig.FromString(sandbox.config)
         name = container_name(meta, pod.metadata)
+        request = sandbox.id.encode() + b"\0" + config.SerializeToString(deterministic=True)
+        retried = await self._creations.retry(name, request)
+        if retried is not None:
+            return retried  # the kubelet's retry after its deadline: see .creations
         taken = self._names.get(name)
         if taken is not None:
             raise AlreadyExists(f'failed to reserve container name "{name}": name "{name}" is reserved for "{taken}"')
         container_id = secrets.token_hex(32)
         self._names[name] = container_id
+        return await self._creations.run(name, request, self._create(container_id, name, sandbox, pod, config,
+                                                                       sandbox_config))
+
+    async def _create(self, container_id: str, name: str, sandbox: SandboxRecord, pod: api.PodSandboxConfig,
+                      config: api.ContainerConfig, sandbox_config: api.PodSandboxConfig | None) -> str:
+        """The creation itself, a task of its own (see :mod:`.creations`); undone if it fails."""
         try:
             store = await self.images()
             try:
@@ -297,23 +314,36 @@ class Containers:
             spec=AnyValue(SPEC_URL, b"{}"), snapshotter=record.snapshotter, snapshot_key=record.id,
             extensions=MappingProxyType({METADATA_EXTENSION: AnyValue(METADATA_URL, json.dumps(metadata).encode())}),
         )  # fmt: skip
+        times = StepTimes("CreateContainer")
         created = await self.db.run(self.meta.create, container)
+        times.mark("container")
         store = self.snapshot_store(record)
-        mounts = await store.prepare(record.id, image.facts.chain_id)
+        pod_userns = userns.pod_userns(pod.linux.security_context.namespace_options)
+        mounts, _ = await userns.prepare_rootfs(store, self.db, image.facts.chain_id, pod_userns, record.id,
+                                                os.path.join(self.state, "cri", "mnt"))
+        times.mark("snapshot")
         failpoints.hit(failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT)
+        await failpoints.stall(failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT)
         box = self.sandbox_info(sandbox, pod)
         volumes = os.path.join(self.store.files_dir(record.id), "volumes")
         spec = await asyncio.to_thread(self._spec, record.id, config, box, info, mounts, volumes,
                                        self._target_pid(config))
+        if pod_userns is not None:
+            await asyncio.to_thread(userns.own_new_volumes, volumes, pod_userns)
+        times.mark("spec")
         created = await self.db.run(self.meta.update, dataclasses.replace(
             created, spec=AnyValue(SPEC_URL, spec_json(spec))), ["spec"])
         self.exchange.publish(NAMESPACE, "/containers/create", container_events.ContainerCreate(
             id=created.id, image=created.image,
             runtime=container_events.ContainerCreate.Runtime(name=created.runtime.name)))
         user = spec.get("process", {}).get("user", {})
-        return await self._put(dataclasses.replace(
+        times.mark("container_update")
+        record = await self._put(dataclasses.replace(
             record, phase=CREATED, uid=int(user.get("uid", 0)), gid=int(user.get("gid", 0)),
             additional_gids=tuple(int(g) for g in user.get("additionalGids") or ())))
+        times.mark("record")
+        times.log(id=record.id)
+        return record
 
     def _spec(self, container_id: str, config: api.ContainerConfig, box: containerspec.SandboxInfo,
               info: containerspec.ImageInfo, mounts: Sequence[Mount], volumes: str, target_pid: int | None) -> Any:
@@ -356,25 +386,43 @@ class Containers:
     # -- start --------------------------------------------------------------------------------
 
     async def start(self, container_id: str) -> None:
-        """StartContainer: create and start the task; the sandbox must be ready."""
+        """StartContainer: create and start the task; the sandbox must be ready. The start runs
+        to its end as a task of its own even when the caller gives up (its deadline passed): cut
+        in the middle, it would leave a task that no record names and a container that can
+        neither start again nor be told running; the kubelet learns the outcome from its lists."""
         record = self.get(container_id)
+        job = asyncio.get_running_loop().create_task(self._start(record.id))
+        self._background.add(job)  # held while it runs, even when its caller is gone
+        job.add_done_callback(self._background.discard)
+        job.add_done_callback(_retrieve)
+        await asyncio.shield(job)
+
+    async def _start(self, container_id: str) -> None:
+        times = StepTimes("StartContainer")
+        record = self.store.get(container_id)
         async with self._lock(record.id):
             record = self.store.get(record.id)
             if record.phase != CREATED:
                 raise FailedPrecondition(f'container "{record.id}" is in {_state_name(record)} state')
             sandbox = self.sandboxes.get(record.sandbox_id)
-            if not await self.sandboxes.ready(sandbox):
+            # From memory, as containerd's sandbox store answers it: a State round trip to the
+            # pause shim was a millisecond of every start (more when the machine is busy).
+            if not self.sandboxes.ready_now(sandbox):
                 raise FailedPrecondition(f'sandbox container "{sandbox.id}" is not running')
+            times.mark("sandbox_ready")
             config = self.config_of(record)
             container = await self.db.run(self.meta.get, record.id)
             mounts = await self.snapshot_store(record).mounts(record.id)
             stdio = self._stdio(record, config)
+            times.mark("container_mounts")
             try:
                 task = await self.tasks.create(container, mounts, stdio, None)
+                times.mark("task_create")
                 failpoints.hit(failpoints.CRI_CONTAINER_START_AFTER_TASK_CREATE)
                 assert task.client is not None
                 try:
                     pid = await task.client.start()
+                    times.mark("task_start")
                 except BaseException:
                     with contextlib.suppress(CtrpyError):
                         await self.tasks.delete(record.id)
@@ -391,12 +439,16 @@ class Containers:
                                                          started_at_ns=time.time_ns()))
             self._spawn(self._watch(record.id))
         self._notify(record, api.CONTAINER_STARTED_EVENT)
+        times.mark("running")
+        times.log(id=record.id)
 
     def _stdio(self, record: ContainerRecord, config: api.ContainerConfig) -> Stdio:
+        # The shim serves Attach's clients (and holds the stdin the config asks for).
+        stdin = attach_uri(stdin=config.stdin, stdin_once=config.stdin_once)
         if not record.log_path:
-            return Stdio(terminal=config.tty)
+            return Stdio(stdin=stdin, terminal=config.tty)
         target = crilog_uri(record.log_path, self.max_log_line_size)
-        return Stdio(stdout=target, stderr="" if config.tty else target, terminal=config.tty)
+        return Stdio(stdin=stdin, stdout=target, stderr="" if config.tty else target, terminal=config.tty)
 
     # -- exits --------------------------------------------------------------------------------
 
@@ -443,7 +495,11 @@ class Containers:
             record = self.store.find(container_id)
             if record is None or record.phase != RUNNING:
                 return
-            oom = container_id in self._oom
+            # The event, or what the shim wrote (an OOM while ctrpyd was down: its replayed event
+            # may come after the exit is recorded, or never if the shim died too; a dead shim's
+            # bundle is gone, its exit file read into ``info``).
+            oom = container_id in self._oom or info.oom_killed or await asyncio.to_thread(
+                oom_recorded, Bundle.at(self.state, NAMESPACE, container_id).path)
             record = await self._put(dataclasses.replace(
                 record, phase=EXITED, finished_at_ns=info.exited_at_ns or time.time_ns(),
                 exit_code=info.exit_status, oom_killed=oom, reason=exit_reason(info.exit_status, oom),
@@ -503,6 +559,7 @@ class Containers:
                 return
             await self._teardown(record_now)
             self._names.pop(record_now.name, None)
+            self._creations.forget(record_now.name)
             self._exited.pop(record.id, None)
         self._locks.pop(record.id, None)
         self._notify(record_now, api.CONTAINER_DELETED_EVENT)
@@ -643,6 +700,13 @@ class Containers:
                 await asyncio.wait_for(self.tasks.wait(container_id), KILL_WAIT)
         with contextlib.suppress(NotFound):
             await self.tasks.delete(container_id)
+
+
+def _retrieve(job: asyncio.Task[None]) -> None:
+    """Take a start's failure off the task (its caller, if still there, gets it too; the
+    container records it), so that a start whose caller left logs it once."""
+    if not job.cancelled() and job.exception() is not None:
+        log.info("StartContainer failed", error=str(job.exception()))
 
 
 def _state_name(record: ContainerRecord) -> str:

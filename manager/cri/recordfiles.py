@@ -115,18 +115,27 @@ class RecordDir(Generic[R]):
     def all(self) -> list[R]:
         return sorted(self._cache.values(), key=lambda r: (r.created_at_ns, r.id))
 
-    def put(self, record: R) -> R:
-        """Write ``record`` durably (temporary file, fsync, rename, fsync of the directory)."""
+    def put(self, record: R, *, durable: bool = True) -> R:
+        """Write ``record`` durably (temporary file, fsync, rename, fsync of the directory).
+
+        ``durable=False`` skips both fsyncs: the record is still whole on disk and survives a
+        crash of ctrpyd (what ``write`` returned is in the kernel's cache), only a power cut
+        may lose it, leaving the previous version. For the intent steps of a creation whose
+        things a reboot removes anyway or the start-up reconcile sweeps without a record.
+        Still blocking: the rename can wait on the journal of a busy disk.
+        """
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(self.directory, f".{record.id}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(record.to_json(), sort_keys=True).encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path(record.id))
-        _fsync_dir(self.directory)
+        if durable:
+            _fsync_dir(self.directory)
         self._cache[record.id] = record
         return record
 

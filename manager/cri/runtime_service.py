@@ -49,8 +49,10 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
             status=api.RuntimeStatus(conditions=[
                 api.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
                 for c in conditions]),
-            # One handler, the default; no optional feature is advertised yet.
-            runtime_handlers=[api.RuntimeHandler(name="", features=api.RuntimeHandlerFeatures())],
+            # One handler, the default. User namespaces: pods in POD mode with one mapping line
+            # (see .userns; runc 1.1 is enough since ctrpyd remaps the root filesystem itself).
+            runtime_handlers=[api.RuntimeHandler(name="", features=api.RuntimeHandlerFeatures(
+                user_namespaces=True))],
             features=api.RuntimeFeatures(),
         )  # fmt: skip
         if request.verbose:
@@ -103,7 +105,7 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
 
     async def UpdatePodSandboxResources(self, request: api.UpdatePodSandboxResourcesRequest,
                                         context: object) -> api.UpdatePodSandboxResourcesResponse:
-        _unimplemented("UpdatePodSandboxResources")
+        return await self._sandboxes().update_resources(request)
 
     # -- containers (see .container_service; attached after the sandboxes) --------------------
 

@@ -8,18 +8,20 @@ StreamPodSandboxes, and the verbose ``info`` of PodSandboxStatus with containerd
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import structlog
 from google.protobuf import json_format
 
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 
 from .sandbox_store import SandboxRecord
 from .sandboxes import Sandboxes
+
+log = structlog.get_logger(__name__)
 
 #: Sandboxes per StreamPodSandboxes message: far below the kubelet's 16 MiB limit.
 STREAM_BATCH = 500
@@ -43,6 +45,19 @@ class SandboxCalls:
         await self.sandboxes.remove(request.pod_sandbox_id)
         return api.RemovePodSandboxResponse()
 
+    async def update_resources(self, request: api.UpdatePodSandboxResourcesRequest,
+                               ) -> api.UpdatePodSandboxResourcesResponse:
+        """UpdatePodSandboxResources: NotFound for an unknown sandbox, else accepted.
+
+        containerd 2.1 only hands the new overhead and resources to its NRI plugins and keeps
+        them for them; the pod-level cgroup they describe is the kubelet's (the cgroup parent),
+        which the kubelet resizes itself, and ctrpyd has no NRI and owns no pod-level cgroup
+        (each container has its own under the parent). So there is nothing to apply here."""
+        record = self.sandboxes.get(request.pod_sandbox_id)
+        log.info("UpdatePodSandboxResources accepted (nothing to apply: no NRI, no pod cgroup of ctrpyd's)",
+                 id=record.id)
+        return api.UpdatePodSandboxResourcesResponse()
+
     async def status(self, request: api.PodSandboxStatusRequest) -> api.PodSandboxStatusResponse:
         record = self.sandboxes.get(request.pod_sandbox_id)
         ready = await self.sandboxes.ready(record)
@@ -64,7 +79,7 @@ class SandboxCalls:
         records = self.sandboxes.list()
         if wanted is not None and wanted.id:
             records = [r for r in records if r.id.startswith(wanted.id)]
-        states = await asyncio.gather(*(self.sandboxes.ready(r) for r in records))
+        states = [self.sandboxes.ready_now(r) for r in records]  # memory only: PLEG polls this
         items = [sandbox_message(r, ready) for r, ready in zip(records, states, strict=True)]
         if wanted is None:
             return items

@@ -9,6 +9,7 @@ start-up reconcile, which runs before the socket serves.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
@@ -30,16 +31,41 @@ if TYPE_CHECKING:
     from .images import CriImages
 
 
-def image_provider(config: Config, images: Callable[[], Awaitable[CriImages]]) -> Callable[[], Awaitable[SandboxImage]]:
-    """The sandbox image, made ready at each RunPodSandbox (cheap once it is there)."""
+def image_provider(config: Config, images: Callable[[], Awaitable[CriImages]],
+                   snapshots: Mapping[str, SnapshotStore] | None = None) -> Callable[[], Awaitable[SandboxImage]]:
+    """The sandbox image, made ready at each RunPodSandbox.
+
+    ctrpy's own pause image is checked through the import client (four calls over ctrpyd's own
+    socket, about a tenth of a pod's start) only until it has been found in place once; after
+    that a RunPodSandbox only looks up the name in the metadata and the top snapshot in the
+    snapshotter, both in-process, and goes the slow way again when the name points at another
+    image or the snapshot is gone (``ctr images rm``, a snapshot removed by hand).
+    """
     name = config.cri.sandbox_image
     own = name == CriConfig().sandbox_image
     pause = PauseImages(config.address)
+    snapshotter = (snapshots or {}).get(config.default_snapshotter)
+    ensured = ""  # the image id (config digest) last found in place
+
+    async def in_place(image_id: str, chain_id: str) -> bool:
+        if image_id != ensured or snapshotter is None:
+            return False
+        try:
+            await snapshotter.stat(chain_id)
+        except NotFound:
+            return False
+        return True
 
     async def provide() -> SandboxImage:
-        if own:
-            await pause.ensure(NAMESPACE, name, config.default_snapshotter)
+        nonlocal ensured
         store = await images()
+        if own and ensured:
+            with contextlib.suppress(NotFound):
+                image = await store.resolve(name)
+                if await in_place(image.id, image.facts.chain_id):
+                    return SandboxImage(name, image.id, image.facts.chain_id, image.facts.config)
+        if own:
+            ensured = (await pause.ensure(NAMESPACE, name, config.default_snapshotter)).config_digest
         try:
             image = await store.resolve(name)
         except NotFound:
@@ -65,7 +91,7 @@ async def start_sandboxes(
     sandboxes = Sandboxes(
         root=str(config.root), state=str(config.state), db=db, containers=containers, snapshots=snapshots,
         snapshotter=config.default_snapshotter, tasks=tasks, exchange=exchange, cni=cni,
-        image=image_provider(config, images), runtimes=config.runtimes,
+        image=image_provider(config, images, snapshots), runtimes=config.runtimes,
     )  # fmt: skip
     await sandboxes.reconcile()
     return SandboxCalls(sandboxes)

@@ -123,3 +123,31 @@ def test_kill9_during_start_leaves_a_created_container(crashd: PodDaemon, tmp_pa
     pod.start(container_id)
     wait_until(lambda: log_lines(pod.log("crashy")) == ["started"], "the container to run")
     pod.cleanup()
+
+
+@pytest.mark.parametrize("shim", ["alive", "killed"])
+def test_oom_kill_while_ctrpyd_is_down_is_reported_after_restart(podd: PodDaemon, tmp_path: Path,
+                                                                 shim: str) -> None:
+    """The kernel's OOM killer ends a container while ctrpyd is not running: after the restart
+    its status says OOMKilled (as containerd's does), not Error. Also when the shim died too, so
+    that its queued OOM event is lost and only what it wrote in the bundle is left."""
+    pod = make_pod(podd, tmp_path)
+    # Waits for the go-ahead (a file the test puts into its root), then grows a string until the
+    # 16 MiB limit has the kernel kill it.
+    script = "while [ ! -e /tmp/go ]; do sleep 0.1; done; x=a; while true; do x=$x$x$x$x; done"
+    hog = pod.run("hog", "sh", "-c", script, memory_limit_in_bytes=16 * 1024 * 1024)
+    pid = int(json.loads(pod.status(hog, verbose=True).info["info"])["pid"])
+    podd.kill()
+    Path(f"/proc/{pid}/root/tmp/go").write_text("")
+    wait_until(lambda: not alive(pid), "the OOM kill", timeout=60)
+    bundle = podd.state / "tasks" / "k8s.io" / hog
+    wait_until(lambda: (bundle / "exit").exists(), "the shim to record the exit")
+    assert (bundle / "oom").exists()
+    if shim == "killed":
+        shim_pid = int((bundle / "shim.pid").read_text())
+        os.kill(shim_pid, signal.SIGKILL)
+        wait_until(lambda: not alive(shim_pid), "the shim to die")
+    podd.start()
+    status = wait_until(lambda: pod.exited(hog), "the recorded exit")
+    assert (status.reason, status.exit_code) == ("OOMKilled", 137)
+    pod.cleanup()

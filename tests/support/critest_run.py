@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: host ports {busy_ports()} are in use; critest's port specs will fail", flush=True)
     # Short: unix socket paths are limited to 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="critest-"))
+    work.chmod(0o711)  # pods with a user namespace: runc reaches the bundles from inside it
     out = Path(args.out).absolute() if args.out else Path(tempfile.mkdtemp(prefix="critest-report-"))
     out.mkdir(parents=True, exist_ok=True)
     targets = ["containerd", "ctrpyd"] if args.target == "both" else [args.target]
