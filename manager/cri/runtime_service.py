@@ -2,7 +2,7 @@
 
 Served now: Version, Status, RuntimeConfig and UpdateRuntimeConfig (see :mod:`.runtime`), pod
 sandboxes (:mod:`.sandbox_service`), and containers, ExecSync, stats and GetContainerEvents
-(:mod:`.container_service`), Exec (:mod:`.streaming.server`). Attach, PortForward and the rest
+(:mod:`.container_service`), Exec, Attach and PortForward (:mod:`.streaming.server`). The rest
 are listed below and answer UNIMPLEMENTED by name, so that what is missing is visible here and a client
 gets a clear answer rather than grpc's generic one.
 """
@@ -161,8 +161,8 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
         async for event in self._containers().subscribe(request):
             yield event
 
-    # -- exec (Exec through the streaming server, attached after the containers), attach and
-    # port forward (not yet) -----------------------------------------------------------------
+    # -- exec, attach and port forward (the URLs of the streaming server, attached after the
+    # containers) -----------------------------------------------------------------------------
 
     streaming: StreamServer | None = None
 
@@ -175,10 +175,14 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
         return await self.streaming.exec(request)
 
     async def Attach(self, request: api.AttachRequest, context: object) -> api.AttachResponse:
-        _unimplemented("Attach")
+        if self.streaming is None:
+            raise errors.Unavailable("the streaming server is not ready yet: ctrpyd is starting")
+        return await self.streaming.attach(request)
 
     async def PortForward(self, request: api.PortForwardRequest, context: object) -> api.PortForwardResponse:
-        _unimplemented("PortForward")
+        if self.streaming is None:
+            raise errors.Unavailable("the streaming server is not ready yet: ctrpyd is starting")
+        return await self.streaming.port_forward(request)
 
     # -- stats (see .stats) and metrics (not served, as containerd) ---------------------------
 

@@ -28,8 +28,10 @@ SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig",
           "StreamContainers", "ContainerStatus", "UpdateContainerResources", "ReopenContainerLog", "ExecSync",
           "ContainerStats", "ListContainerStats", "StreamContainerStats", "PodSandboxStats", "ListPodSandboxStats",
           "StreamPodSandboxStats", "GetContainerEvents",
+          # pod resources: tests/cri_sandbox/test_userns.py
+          "UpdatePodSandboxResources",
           # the streaming server: tests/cri_streaming
-          "Exec"}
+          "Exec", "Attach", "PortForward"}
 CONFLIST = {"cniVersion": "1.0.0", "name": "ctrpy-test",
             "plugins": [{"type": "bridge", "bridge": "cni0"}, {"type": "loopback"}]}
 
