@@ -92,6 +92,24 @@ def test_tty_takes_the_size_from_the_resize_stream(box: tuple[Pod, str]) -> None
     assert outcome.status["status"] == "Success"
 
 
+def test_tty_process_starts_with_the_clients_first_size(box: tuple[Pod, str]) -> None:
+    """The first size is awaited (briefly) before the process starts, so a command that reads
+    its terminal size at once sees it, not 0x0 (crictl exec -it CID stty size)."""
+    pod, container_id = box
+    url = exec_url(pod, container_id, "sh", "-c", "stty size 2>&1; echo done", stdin=False, stderr=False, tty=True)
+    outcome = session(url, stdin=False, stderr=False, tty=True, sends=[("resize", resize(101, 31))])
+    assert outcome.out("stdout").startswith(b"31 101\r\n")
+    assert outcome.status["status"] == "Success"
+
+
+def test_tty_without_a_size_still_starts(box: tuple[Pod, str]) -> None:
+    pod, container_id = box
+    url = exec_url(pod, container_id, "echo", "no size", stdin=False, stderr=False, tty=True)
+    outcome = session(url, stdin=False, stderr=False, tty=True)
+    assert b"no size" in outcome.out("stdout")
+    assert outcome.status["status"] == "Success"
+
+
 def test_exit_code_is_a_failure_status(box: tuple[Pod, str]) -> None:
     pod, container_id = box
     outcome = session(exec_url(pod, container_id, "sh", "-c", "exit 3"))

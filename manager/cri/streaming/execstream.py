@@ -171,12 +171,16 @@ class ExecSession:
 
 
 async def prepare(tasks: TaskManager, db: Database, meta: MetaContainers, container_id: str, cmd: list[str],
-                  work_dir: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecSession:
+                  work_dir: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool,
+                  size: tuple[int, int] | None = None) -> ExecSession:
     """An exec session for ``cmd`` in the running ``container_id``: the container's process with
-    these arguments (and ``TERM=xterm`` with a terminal, as containerd sets it)."""
+    these arguments (and ``TERM=xterm`` with a terminal, as containerd sets it). ``size``
+    (width, height): the terminal's size from the start (runc sets it on the new terminal)."""
     client, process = await exec_process(tasks, db, meta, container_id, cmd, "Exec", tty=tty)
     if tty:
         env = [e for e in process.get("env") or [] if not str(e).startswith("TERM=")]
         process["env"] = [*env, "TERM=xterm"]
+        if size is not None and size[0] > 0 and size[1] > 0:
+            process["consoleSize"] = {"width": size[0], "height": size[1]}
     directory = os.path.join(work_dir, secrets.token_hex(16))
     return ExecSession(client, process, directory, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)

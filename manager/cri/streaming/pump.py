@@ -35,6 +35,10 @@ log = structlog.get_logger(__name__)
 DRAIN = 2.0
 #: How long the exit status may take to go out to a client that does not read.
 FINISH = 10.0
+#: How long a terminal exec waits for the client's first terminal size before its process
+#: starts. crictl and kubectl send it as soon as the streams are up; a process started before
+#: it arrives sees a 0x0 terminal (``stty size`` fails), as with containerd.
+FIRST_SIZE_WAIT = 1.0
 
 
 class TransportClosed(Unavailable):
@@ -147,6 +151,66 @@ async def _pump_out(transport: Transport, channel: int, reader: Output) -> None:
     with contextlib.suppress(TransportClosed, OSError):
         while data := await reader.read():
             await transport.send(channel, data)
+
+
+class Buffered:
+    """A :class:`Transport` whose incoming messages can be looked at before :func:`run` takes
+    them (:meth:`first_size`); nothing is lost: what was looked at is given again, in order."""
+
+    def __init__(self, inner: Transport, depth: int = 64) -> None:
+        self.inner = inner
+        self.protocol = inner.protocol
+        # Bounded: a client sending stdin faster than the process reads is held back, as before.
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(depth)
+        self._seen: list[tuple[int, bytes] | None] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for item in self.inner.incoming():
+                await self._queue.put(item)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)  # the end (if full, the reader of the queue is gone)
+
+    async def first_size(self, timeout: float = FIRST_SIZE_WAIT) -> tuple[int, int] | None:
+        """The client's first terminal size (width, height), or None when none came in time."""
+        sizes = channels.ResizeDecoder()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (left := deadline - loop.time()) > 0:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                return None
+            self._seen.append(item)
+            if item is None:
+                return None
+            if item[0] == channels.RESIZE and (found := sizes.feed(item[1])):
+                return found[-1]
+        return None
+
+    async def ready(self, first: int) -> None:
+        await self.inner.ready(first)
+
+    async def send(self, channel: int, data: bytes) -> None:
+        await self.inner.send(channel, data)
+
+    async def incoming(self) -> AsyncIterator[tuple[int, bytes]]:
+        seen, self._seen = self._seen, []
+        for item in seen:
+            if item is None:
+                return
+            yield item
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def close(self) -> None:
+        try:
+            await self.inner.close()
+        finally:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 async def _receive(transport: Transport, process: Process) -> None:

@@ -319,11 +319,15 @@ class StreamServer:
         manager = calls.containers
         cmd = list(request.cmd)
         session: execstream.ExecSession | None = None
+        size: tuple[int, int] | None = None
+        if request.tty:  # started with the client's terminal size, not 0x0 until the first resize
+            transport = pump.Buffered(transport)
+            size = await transport.first_size()
         try:
             os.makedirs(calls.exec_dir, mode=0o700, exist_ok=True)
             session = await execstream.prepare(
                 manager.tasks, manager.db, manager.meta, request.container_id, cmd, calls.exec_dir,
-                stdin=request.stdin, stdout=request.stdout, stderr=request.stderr, tty=request.tty)
+                stdin=request.stdin, stdout=request.stdout, stderr=request.stderr, tty=request.tty, size=size)
             await session.start()
         except (CtrpyError, OSError) as exc:
             message = exc.message if isinstance(exc, CtrpyError) else str(exc)
