@@ -63,7 +63,8 @@ def container_message(record: ContainerRecord) -> api.Container:
 def status_of(record: ContainerRecord) -> api.ContainerStatus:
     config = api.ContainerConfig.FromString(record.config)
     mounts = [api.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
-                        selinux_relabel=m.selinux_relabel, propagation=m.propagation) for m in config.mounts]
+                        selinux_relabel=m.selinux_relabel, propagation=m.propagation,
+                        recursive_read_only=m.recursive_read_only) for m in config.mounts]
     status = api.ContainerStatus(
         id=record.id, metadata=config.metadata, state=state_of(record), created_at=record.created_at_ns,
         started_at=record.started_at_ns, finished_at=record.finished_at_ns, exit_code=record.exit_code,

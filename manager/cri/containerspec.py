@@ -62,6 +62,7 @@ __all__ = [
     "container_env",
     "container_spec",
     "host_facts",
+    "kernel_at_least",
     "stop_signal",
 ]
 
@@ -76,6 +77,9 @@ SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
 SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
 SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
 IMAGE_NAME = "io.kubernetes.cri.image-name"
+
+#: The first kernel with mount_setattr(2), which runc needs for ``rro``.
+MOUNT_SETATTR_KERNEL = (5, 12)
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,17 @@ class HostFacts:
     dev: str = "/dev"
 
 
+def kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """Whether the running kernel (``uname -r``, or ``release``) is ``major.minor`` or newer; a
+    release that does not parse counts as too old (a feature is then left unadvertised)."""
+    numbers = (release if release is not None else os.uname().release).split("-", 1)[0].split(".")
+    try:
+        found = (int(numbers[0]), int(numbers[1]) if len(numbers) > 1 else 0)
+    except ValueError:
+        return False
+    return found >= (major, minor)
+
+
 def _runc_mount_options(runc: str) -> frozenset[str]:
     try:
         out = subprocess.run([runc, "features"], capture_output=True, timeout=30, check=False).stdout
@@ -164,8 +179,9 @@ def _runc_mount_options(runc: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=4)
 def host_facts(runc: str = "runc") -> HostFacts:
-    """This host's facts: cgroup version and controllers, runc's ``rro`` support, the
-    capabilities this process holds."""
+    """This host's facts: cgroup version and controllers, recursive read-only mounts (runc
+    lists ``rro`` among its mount options and the kernel has mount_setattr(2), 5.12 and newer, as
+    containerd checks both), the capabilities this process holds."""
     v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     if v2:
         try:
@@ -183,7 +199,7 @@ def host_facts(runc: str = "runc") -> HostFacts:
         cgroup_v2=v2,
         hugetlb=hugetlb,
         swap=swap,
-        rro="rro" in _runc_mount_options(runc),
+        rro=kernel_at_least(*MOUNT_SETATTR_KERNEL) and "rro" in _runc_mount_options(runc),
         capabilities=security.current_capabilities(),
     )
 

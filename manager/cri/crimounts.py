@@ -176,6 +176,18 @@ def _check_propagation(source: str, want_shared: bool) -> None:
                                  "(host-to-container propagation needs one)")
 
 
+def _check_recursive_read_only(mount: CriMount) -> None:
+    """Refuse ``recursive_read_only`` without ``readonly`` or with a propagation other than
+    PRIVATE (a submount propagated in later would not be read-only), before any host path is
+    made or checked, so that the answer is always InvalidArgument, as containerd's."""
+    if not mount.recursive_read_only:
+        return
+    if not mount.readonly:
+        raise InvalidArgument(f"mount {mount.container_path!r}: recursive read-only needs readonly")
+    if mount.propagation != api.PROPAGATION_PRIVATE:
+        raise InvalidArgument(f"mount {mount.container_path!r}: recursive read-only needs private propagation")
+
+
 def _bind(mount: CriMount, linux: dict[str, Any]) -> dict[str, Any]:
     source = mount.host_path
     if not source.startswith("/"):
@@ -198,10 +210,6 @@ def _bind(mount: CriMount, linux: dict[str, Any]) -> dict[str, Any]:
     else:
         raise InvalidArgument(f"mount {mount.container_path!r}: unknown propagation {mount.propagation}")
     if mount.recursive_read_only:
-        if not mount.readonly:
-            raise InvalidArgument(f"mount {mount.container_path!r}: recursive read-only needs readonly")
-        if mount.propagation != api.PROPAGATION_PRIVATE:
-            raise InvalidArgument(f"mount {mount.container_path!r}: recursive read-only needs private propagation")
         options.append("rro")
     else:
         options.append("ro" if mount.readonly else "rw")
@@ -221,6 +229,7 @@ def apply_mounts(spec: Spec, mounts: Sequence[CriMount]) -> None:
     for mount in mounts:
         if not mount.container_path.startswith("/"):
             raise InvalidArgument(f"mount {mount.container_path!r}: container path must be absolute")
+        _check_recursive_read_only(mount)
         if _clean(mount.container_path) not in seen:
             seen.add(_clean(mount.container_path))
             chosen.append(mount)

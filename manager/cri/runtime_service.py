@@ -9,6 +9,7 @@ gets a clear answer rather than grpc's generic one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, NoReturn
 
@@ -44,16 +45,22 @@ class RuntimeServicer(api_grpc.RuntimeServiceServicer):
                                    runtime_version=__version__, runtime_api_version=RUNTIME_API_VERSION)
 
     async def Status(self, request: api.StatusRequest, context: object) -> api.StatusResponse:
+        from .containerspec import host_facts  # runc is asked once, at the first Status
+
         conditions, network = await self.state.conditions()
+        facts = await asyncio.to_thread(host_facts)
         response = api.StatusResponse(
             status=api.RuntimeStatus(conditions=[
                 api.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
                 for c in conditions]),
             # One handler, the default. User namespaces: pods in POD mode with one mapping line
             # (see .userns; runc 1.1 is enough since ctrpyd remaps the root filesystem itself).
+            # Recursive read-only mounts: exactly when CreateContainer accepts them (runc's
+            # ``rro`` and mount_setattr, see .containerspec.host_facts).
             runtime_handlers=[api.RuntimeHandler(name="", features=api.RuntimeHandlerFeatures(
-                user_namespaces=True))],
-            features=api.RuntimeFeatures(),
+                user_namespaces=True, recursive_read_only_mounts=facts.rro))],
+            # SupplementalGroupsPolicy Merge and Strict (see .security), with ContainerStatus.user.
+            features=api.RuntimeFeatures(supplemental_groups_policy=True),
         )  # fmt: skip
         if request.verbose:
             response.info.update(self.state.verbose_info(network))
