@@ -3,7 +3,8 @@
 The scheduler counts changes to the metadata, *deletions* (which may leave garbage) and other
 *mutations*, and runs the collector, one collection at a time:
 
-- once at start-up, ``startup_delay`` seconds after :meth:`Scheduler.start` (none when 0);
+- once at start-up, ``startup_delay`` seconds after :meth:`Scheduler.start`, or just before
+  the socket serves if that comes first (:meth:`Scheduler.startup_collection`; none when 0);
 - when asked (:meth:`Scheduler.collect_now`, for ``Images.Delete`` and ``Leases.Delete`` with
   ``sync``), at once; the caller waits for a collection that began after its request and gets
   its stats;
@@ -176,6 +177,15 @@ class Scheduler:
         self._waiters.append(waiter)
         self._reschedule()
         return await waiter
+
+    async def startup_collection(self) -> None:
+        """Run the start-up collection now if it has not run yet (it is due ``startup_delay``
+        after :meth:`start`). ctrpyd calls this just before it serves, so that the start-up
+        collection never takes what a client made, without a lease, in its first moments.
+        A failure is logged (by the round) and left to the next collection."""
+        if self.startup_delay > 0 and self.collections == 0 and self._task is not None:
+            with contextlib.suppress(Unavailable):
+                await self.collect_now()
 
     # -- the loop -----------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ The schema, as of the newest migration (``PRAGMA user_version`` holds the number
     namespaces  (name PK, labels, created_at, updated_at)
     containers  (namespace, id, labels, image, runtime_name, runtime_options_type,
                  runtime_options, spec_type, spec, snapshotter, snapshot_key, extensions,
-                 created_at, updated_at)
-                PK (namespace, id)
+                 created_at, updated_at, message)
+                PK (namespace, id); message: the record as the serialized
+                containerd.services.containers.v1.Container (see metadata/containers.py)
     images      (namespace, name, labels, target_media_type, target_digest, target_size,
                  target_annotations, created_at, updated_at)      PK (namespace, name)
     leases      (namespace, id, labels, created_at)               PK (namespace, id)
@@ -166,8 +167,15 @@ def _v2_snapshots(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v3_container_messages(conn: sqlite3.Connection) -> None:
+    # Each container row also holds its record as the serialized API message, so List answers
+    # by concatenating bytes. NULL in rows written before this migration: the container store
+    # fills them when it is built (the encoder lives above the metadata layer).
+    conn.execute("ALTER TABLE containers ADD COLUMN message BLOB")
+
+
 # Ordered: MIGRATIONS[i] takes the schema from version i to version i + 1. Append, never edit.
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_snapshots]
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_snapshots, _v3_container_messages]
 
 
 def migrate(conn: sqlite3.Connection, migrations: list[Migration] = MIGRATIONS) -> int:
