@@ -93,6 +93,8 @@ class Exchange:
         self._replay_tasks: frozenset[tuple[str, str]] = frozenset()
         self._replay_until = 0.0
         self._replay: list[Envelope] = []
+        #: Events not delivered to subscribers that fell behind, since start-up (metrics).
+        self.dropped = 0
 
     def replay_exits(self, tasks: Iterable[tuple[str, str]], seconds: float = REPLAY_SECONDS) -> None:
         """Keep the exits of ``tasks`` ((namespace, container id) found at start-up, their execs
@@ -141,11 +143,13 @@ class Exchange:
             if subscriber.missed or not subscriber.match.match(_adaptor(envelope)):
                 if subscriber.missed:
                     subscriber.missed += 1
+                    self.dropped += 1
                 continue
             try:
                 subscriber.queue.put_nowait(envelope)
             except asyncio.QueueFull:
                 subscriber.missed = 1
+                self.dropped += 1
 
     async def subscribe(self, filter_expressions: Sequence[str] = ()) -> AsyncIterator[Envelope]:
         """Yield every event published from now on that matches one of the filters (after the

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 from pathlib import Path
 
 from ctrpy.errors import CtrpyError
+from ctrpy.version import version
 
 from . import config as configuration
 from . import logsetup
@@ -17,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctrpyd", description="ctrpy's container manager daemon (containerd API v1 compatible)."
     )
+    parser.add_argument("--version", "-v", action="version", version=f"ctrpyd {version()}")
     parser.add_argument("--config", "-c", type=Path, help="TOML configuration file")
     parser.add_argument("--root", type=Path, help="durable root directory (default /var/lib/ctrpy)")
     parser.add_argument("--state", type=Path, help="volatile state directory (default /run/ctrpy)")
@@ -27,6 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     config_command = commands.add_parser("config", help="work with the configuration")
     config_command.add_argument("action", choices=["default", "dump"], help="print the defaults, or the effective config")
     return parser
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as Go programs (containerd) do at
+    start: ctrpyd holds a few descriptors per task (its shim's channel, a pidfd), and a shell's
+    usual 1024 would stop it short of 500 tasks. Containers get the limits their specs set."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # as it was: not worth failing to start over
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.configure(config.log_level, config.log_format)
     from .server import serve  # imported late: `ctrpyd config` should not load grpc
 
+    _raise_open_files_limit()
     try:
         asyncio.run(serve(config))
     except CtrpyError as exc:

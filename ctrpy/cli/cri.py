@@ -21,7 +21,7 @@ from ctrpy.client import Client
 from ctrpy.cri import CriClient
 from ctrpy.errors import InvalidArgument
 
-from . import cri_containers, cri_pods, crifmt, output
+from . import cri_containers, cri_pods, crifmt, output, timeline
 from .common import verb, verbs
 from .progress import human_bytes
 
@@ -165,6 +165,7 @@ VERBS: dict[str, tuple[str, CriCommand, Callable[[argparse.ArgumentParser], None
     "imagefsinfo": ("the image filesystem's usage", imagefsinfo, None, ()),
     **cri_pods.VERBS,
     **cri_containers.VERBS,
+    "timeline": ("where a container's or pod's start went, step by step", timeline.cri_timeline, timeline.add_id, ()),
 }
 
 

@@ -13,8 +13,22 @@ from collections.abc import Callable, Sequence
 
 from ctrpy.client import Client, default_address, default_namespace
 from ctrpy.errors import CtrpyError
+from ctrpy.version import version
 
-from . import containers, content, doctor, events, images, leases, namespaces, run, snapshots, system, tasks
+from . import (
+    completion,
+    containers,
+    content,
+    doctor,
+    events,
+    images,
+    leases,
+    namespaces,
+    run,
+    snapshots,
+    system,
+    tasks,
+)
 from . import cri as cri_commands
 
 Command = Callable[[Client, argparse.Namespace], int]
@@ -31,10 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         help="namespace to work in (env CTRPY_NAMESPACE, default %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for each call")
+    parser.add_argument("--version", "-v", action="version", version=f"ctrpy {version()}")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
     for module in (system, namespaces, leases, containers, images, content, snapshots, doctor, tasks, run, events,
-                   cri_commands):
+                   cri_commands, completion):
         module.register(nouns)
     return parser
 

@@ -1,4 +1,4 @@
-"""``ctrpy tasks ls|start|attach|ps|exec|kill|pause|resume|metrics|rm``: the running side of
+"""``ctrpy tasks ls|start|attach|ps|exec|kill|pause|resume|metrics|rm|timeline``: the running side of
 containers, over the Tasks API, as ``ctr tasks`` does it.
 
 ``start``, ``attach`` and ``exec`` stay attached until the process exits and then exit with its
@@ -35,7 +35,7 @@ from ctrpy.oci import (
     resolve_user,
 )
 
-from . import output
+from . import output, timeline
 from .common import verb, verbs
 from .events import message_json, rfc3339, type_name, unpack
 from .process import (
@@ -404,3 +404,5 @@ def register(nouns: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("-f", "--force", action="store_true", help="kill the task first")
     parser.add_argument("--exec-id", default="", help="delete this exec process of the (one) container")
     parser.add_argument("ids", nargs="+", metavar="CONTAINER")
+
+    timeline.add_task_verb(group)

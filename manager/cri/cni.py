@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctrpy.errors import CtrpyError, DeadlineExceeded, InvalidArgument, NotFound
+from ctrpy.manager import tracing
 from ctrpy.manager.config import CriConfig
 from ctrpy.manager.cri import netns as netns_mod
 from ctrpy.manager.cri.cnicache import Attachment, ResultCache
@@ -323,6 +324,7 @@ class CNI:
 
     # -- ADD and DEL of one network --------------------------------------------------------
 
+    @tracing.traced("cni ADD")
     async def _add(self, pod: PodRequest, net: NetworkConfigList, ifname: str, order: int) -> Attachment:
         caps = pod.capability_args()
         args = tuple(pod.cni_args())
@@ -349,6 +351,7 @@ class CNI:
         await asyncio.to_thread(self.cache.write, pod.container_id, done, durable=False)
         return done
 
+    @tracing.traced("cni DEL")
     async def _delete(self, pod: PodRequest, a: Attachment, netns: str) -> None:
         """DEL one network, plugins in reverse. Unlike libcni, a failing plugin does not stop
         the ones before it in the chain: a broken portmap must not keep the bridge's IPAM from

@@ -90,7 +90,7 @@ class UnpackPool:
 
     async def _start(self) -> _Worker:
         process = await asyncio.create_subprocess_exec(
-            self._python, "-m", "ctrpy.manager.diff.worker",
+            self._python, "-P", "-m", "ctrpy.manager.diff.worker",  # -P: see ..runtime.launcher
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=self._env,
             limit=_MAX_REPLY,
         )

@@ -101,6 +101,11 @@ class Scheduler:
         #: The outcome of the last successful collection, and how many there were.
         self.last: CollectionStats | None = None
         self.collections = 0
+        #: Totals since start-up, for the metrics endpoint: seconds of successful collections,
+        #: objects they removed, and failed collections.
+        self.duration_total = 0.0
+        self.removed_total = 0
+        self.failures = 0
         self._collector: Collector | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -138,6 +143,11 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._settle(Unavailable("garbage collector stopped"))
+
+    @property
+    def pause_total(self) -> float:
+        """Seconds successful collections held the metadata database, since start-up."""
+        return self._pause_total
 
     # -- inputs (event loop) ------------------------------------------------------------------
 
@@ -238,6 +248,8 @@ class Scheduler:
         self._last_end = time.monotonic()
         self.collections += 1
         self._pause_total += stats.metadata_duration
+        self.duration_total += stats.duration
+        self.removed_total += stats.removed
         if self.pause_threshold > 0:
             average = self._pause_total / self.collections
             self._interval = average / self.pause_threshold - average
@@ -265,6 +277,7 @@ class Scheduler:
 
     def _failed(self, waiters: list[asyncio.Future[CollectionStats]], error: BaseException) -> None:
         log.error("garbage collection failed", error=str(error))
+        self.failures += 1
         self.exports["LastError"] = str(error)
         self._last_end = time.monotonic()
         self._due = self._last_end + self._interval + _RETRY_EXTRA

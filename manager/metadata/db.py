@@ -48,6 +48,8 @@ from typing import ParamSpec, TypeVar
 
 from ctrpy import diskspace
 
+from .. import tracing
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -251,6 +253,9 @@ class Database:
         """Run ``fn`` on the database thread, in the caller's context (namespace included)."""
         context = contextvars.copy_context()
         call = functools.partial(context.run, fn, *args, **kwargs)
+        if tracing.enabled():  # inside a traced call, a span per store call (manager/tracing)
+            with tracing.span(f"metadata {getattr(fn, '__qualname__', 'call')}"):
+                return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -12,11 +12,13 @@ import time
 
 from google.protobuf import empty_pb2
 
+from ctrpy import namespaces
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2 as api
 from ctrpy.api.containerd.services.leases.v1 import leases_pb2_grpc as api_grpc
 from ctrpy.manager.gc import GcTrigger
 from ctrpy.manager.metadata.db import Database
 from ctrpy.manager.metadata.leases import LeaseStore
+from ctrpy.manager.timeline import timelines
 
 from . import convert
 
@@ -32,13 +34,17 @@ class LeasesServicer(api_grpc.LeasesServicer):
         self.db, self.store, self.gc = db, store, gc
 
     async def Create(self, request: api.CreateRequest, context: object) -> api.CreateResponse:
+        began = time.monotonic_ns()
         lease = await self.db.run(self.store.create, request.id or generate_lease_id(), dict(request.labels))
+        timelines.lease_created(namespaces.require(), lease.id, began, time.monotonic_ns())  # start-up timeline
         if self.gc is not None:
             self.gc.lease_created(lease.labels)
         return api.CreateResponse(lease=convert.lease_to_proto(lease))
 
     async def Delete(self, request: api.DeleteRequest, context: object) -> empty_pb2.Empty:
+        began = time.monotonic_ns()
         await self.db.run(self.store.delete, request.id)
+        timelines.lease_deleted(namespaces.require(), request.id, began, time.monotonic_ns())
         if self.gc is not None:
             self.gc.mutated(dirty=True)
             if request.sync:

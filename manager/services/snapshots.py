@@ -8,6 +8,7 @@ made them: clients such as ctr mount them on their own host (G8).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from google.protobuf import empty_pb2
@@ -19,6 +20,7 @@ from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as api
 from ctrpy.errors import InvalidArgument
 from ctrpy.manager.events import Exchange
 from ctrpy.manager.metadata.snapshots import SnapshotStore
+from ctrpy.manager.timeline import timelines
 from ctrpy.snapshotter import wire
 
 
@@ -41,7 +43,10 @@ class SnapshotsServicer(api_grpc.SnapshotsServicer):
         self, request: api.PrepareSnapshotRequest, context: object
     ) -> api.PrepareSnapshotResponse:
         store = self._store(request.snapshotter)
+        began = time.monotonic_ns()
         mounts = await store.prepare(request.key, request.parent, dict(request.labels))
+        timelines.prepared(namespaces.require(), request.key, began, time.monotonic_ns(),  # a task's start-up
+                           namespaces.current_lease.get() or "")
         self.events.publish(
             namespaces.require(),
             "/snapshot/prepare",
@@ -72,7 +77,9 @@ class SnapshotsServicer(api_grpc.SnapshotsServicer):
 
     async def Remove(self, request: api.RemoveSnapshotRequest, context: object) -> empty_pb2.Empty:
         store = self._store(request.snapshotter)
+        began = time.monotonic_ns()
         await store.remove(request.key)
+        timelines.snapshot_removed(namespaces.require(), request.key, began, time.monotonic_ns())
         self.events.publish(
             namespaces.require(),
             "/snapshot/remove",

@@ -57,6 +57,7 @@ from ctrpy.images.model import (
     parse_index,
     sha256_digest,
 )
+from ctrpy.manager import tracing
 from ctrpy.manager.diff import Limits, apply_to_mounts
 from ctrpy.manager.diff.apply import AppliedLayer
 from ctrpy.manager.diff.pool import UnpackPool
@@ -217,6 +218,7 @@ class Puller:
         first of them, when extra references made more)."""
         return (await self.pull_all(request, progress))[0]
 
+    @tracing.traced("image pull")
     async def pull_all(self, request: PullRequest, progress: ProgressFn = _no_progress) -> list[Image]:
         """Pull ``request`` into the current namespace; return every image record written: its
         name, then its extra references."""
