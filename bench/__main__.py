@@ -17,7 +17,9 @@ from . import (
     cases_images,
     cases_latency,
     cases_metadata,
+    cases_metrics,
     cases_pull,
+    cases_scale,
     cases_storm,
     cases_throughput,
 )
@@ -36,6 +38,8 @@ CASES: dict[str, Case] = {
     "docker": cases_docker.docker_run,
     "cri": cases_cri.cri,
     "storm": cases_storm.pod_storm,
+    "scale": cases_scale.scale,
+    "metrics": cases_metrics.metrics,
 }
 
 
@@ -47,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--containers", type=int, help="containers at once in the throughput case (50)")
     parser.add_argument("--metadata", type=int, help="containers in the metadata case (1000)")
     parser.add_argument("--import-mb", type=int, help="size of the imported image (200)")
+    parser.add_argument("--scale", type=int, nargs="+", metavar="N",
+                        help="containers running at each level of the scale case (0 100 500)")
     parser.add_argument("--only", nargs="*", choices=sorted(CASES), help="run only these cases")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
     overrides = {name: getattr(args, name) for name in ("runs", "rounds", "containers", "metadata", "import_mb")}
+    if args.scale:
+        overrides["scale"] = tuple(args.scale)
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     # Short: unix socket paths under it must stay within 108 bytes.
     work = Path(tempfile.mkdtemp(prefix="ctrpy-bench-"))

@@ -11,7 +11,7 @@ round, each daemon in turn (A B A B, as the harness alternates):
   running (RunPodSandbox, then CreateContainer + StartContainer twice), and its teardown;
 - memory with ``pods`` pods running, each without containers and (where served) with two: the
   PSS and Private_Dirty of the daemon's shims plus the pods' pause processes, per pod.
-  containerd runs one shim per pod; ctrpyd one per container, the pause container included, and
+  containerd runs one shim per pod, and so does ctrpyd (``[cri] shim_per_pod``, the default), and
   its shim template's memory is shared out over the pods. The containers' own processes are the
   workload and are not counted.
 
@@ -258,7 +258,7 @@ def cri(d: Daemons, s: Settings) -> list[Measurement]:
                 progress(f"cri round {number} {which}: RunPodSandbox {getattr(found.run, which)[-1]:.0f} ms"
                          + (f", pod of two {two[-1]:.0f} ms" if two else ""))
     found.pss.note = ("per pod: PSS of the daemon's shims and the pods' pause processes over the pods; "
-                      "containerd runs one shim per pod, ctrpyd one per container (the pause one too), "
+                      "containerd and ctrpyd run one shim per pod (ctrpyd: [cri] shim_per_pod), "
                       "and ctrpyd's figure includes its shim template's PSS, shared out; PSS shares pages "
                       "with other processes of the same binaries on the machine (other ctrpyd and shims)")
     for which, reason in pair.unsupported.items():

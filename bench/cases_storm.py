@@ -119,6 +119,6 @@ def pod_storm(d: Daemons, s: Settings) -> list[Measurement]:
     found["up"].note = (f"{CONCURRENCY} pod workers at once, each: RunPodSandbox, then CreateContainer + "
                         "StartContainer per container in order; ListPodSandbox, ListContainers and "
                         "ListContainerStats polled every second meanwhile")
-    found["pss"].note = ("containerd runs one shim per pod, ctrpyd one per container (the pause one too) and "
-                         "its shim template's PSS is shared out over the pods")
+    found["pss"].note = ("containerd and ctrpyd run one shim per pod (ctrpyd: [cri] shim_per_pod), and ctrpyd's "
+                         "shim template's PSS is shared out over the pods")
     return list(found.values())

@@ -127,11 +127,12 @@ class CriPair:
         )  # fmt: skip
 
     def shim_pids(self, which: str) -> list[int]:
-        """Pids of the daemon's live shims (ctrpyd: one per container, the pause one included)."""
+        """Pids of the daemon's live shims (ctrpyd: one per pod, or per container with ``[cri]
+        shim_per_pod = false``; each once, though several bundles name a pod's shim)."""
         if which == "containerd":
             return containerd_shim_pids(self.containerd.address)
-        pids = (read_pid(path) for path in (self.ctrpyd.state / "tasks").glob("*/*/shim.pid"))
-        return [pid for pid in pids if pid is not None and comm(pid) == "ctrpy-shim"]
+        pids = {read_pid(path) for path in (self.ctrpyd.state / "tasks").glob("*/*/shim.pid")}
+        return sorted(pid for pid in pids if pid is not None and comm(pid) == "ctrpy-shim")
 
     def template_pid(self) -> int | None:
         """ctrpyd's shim template (a child of ctrpyd named ctrpy-template), if it runs one."""

@@ -100,10 +100,12 @@ class Settings:
     concurrency: int = 4  # ctr processes at a time in the throughput case
     metadata: int = 1000  # containers in the metadata case
     import_mb: int = 200  # size of the generated image in the import case
+    scale: tuple[int, ...] = (0, 100, 500)  # containers running at each level of the scale case
+    scale_runs: int = 7  # ctr run --rm per level and daemon in the scale case
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(runs=5, rounds=1, containers=10, metadata=200, import_mb=50)
+        return cls(runs=5, rounds=1, containers=10, metadata=200, import_mb=50, scale=(0, 10), scale_runs=3)
 
 
 @dataclass

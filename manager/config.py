@@ -61,6 +61,16 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     max_container_log_line_size = 16384   # longer lines are split into partial (P) records
     image_pull_progress_timeout = "5m"    # a pull that makes no progress this long is cancelled
     stats_collect_period = 10        # seconds between snapshot usage samples (ImageFsInfo)
+    shim_per_pod = true              # a pod's containers share its sandbox's shim (false: one each)
+
+    [metrics]                        # Prometheus metrics over HTTP, as containerd's [metrics]
+    address = ""                     # "127.0.0.1:1338" serves /v1/metrics there (empty: off)
+    grpc_histogram = false           # also grpc_server_handling_seconds per method
+
+    [tracing]                        # OpenTelemetry traces over OTLP/gRPC (containerd's otlp plugin)
+    endpoint = ""                    # "http://127.0.0.1:4317" sends spans there (empty: off)
+    sampling_ratio = 1.0             # share of traces kept, 0.0 to 1.0
+    service_name = "ctrpyd"          # the service.name of the spans
 
     [runtimes."io.containerd.runc.v2"]   # runtime name (from the container) -> OCI runtime binary
     binary = "runc"
@@ -161,13 +171,16 @@ class CriConfig:
     # A Go-style duration, as containerd writes it ("5m", "30s", "1h30m").
     image_pull_progress_timeout: str = "5m"
     stats_collect_period: int = 10  # seconds
+    # The tasks of a pod's containers go to the shim of its sandbox (pause) task, as containerd's
+    # runc v2 shim groups them; false: one shim per container, as for every other task.
+    shim_per_pod: bool = True
 
 
 _CRI_KEYS: dict[str, type] = {
     "enabled": bool, "sandbox_image": str, "cni_conf_dir": str, "cni_bin_dirs": list,
     "registry_config_path": str, "cgroup_driver": str, "stream_server_address": str,
     "stream_server_port": str, "max_container_log_line_size": int, "image_pull_progress_timeout": str,
-    "stats_collect_period": int,
+    "stats_collect_period": int, "shim_per_pod": bool,
 }  # fmt: skip
 CGROUP_DRIVERS = ("cgroupfs",)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
@@ -210,6 +223,81 @@ def _parse_cri(table: dict[str, Any], base: CriConfig) -> CriConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The ``[metrics]`` section, containerd's: where ``/v1/metrics`` is served (``host:port``;
+    empty, the default, serves nothing and loads none of it) and whether gRPC calls also get a
+    latency histogram (off by default in containerd too: it multiplies the series per method)."""
+
+    address: str = ""
+    grpc_histogram: bool = False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:1338`` for IPv6; an empty host means every interface, as Go's
+    ``net.Listen``) as (host, port); InvalidArgument for anything else."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"config: metrics.address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host and not address.startswith("["):
+        raise InvalidArgument(f"config: metrics.address {address!r}: write an IPv6 host as [host]:port")
+    return host, int(port)
+
+
+def _parse_metrics(table: dict[str, Any], base: MetricsConfig) -> MetricsConfig:
+    if unknown := set(table) - {"address", "grpc_histogram"}:
+        raise InvalidArgument(f"config: unknown keys in [metrics]: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    if "address" in table:
+        values["address"] = _expect(table, "address", str, "metrics.")
+        if values["address"]:
+            split_address(values["address"])
+    if "grpc_histogram" in table:
+        values["grpc_histogram"] = _expect(table, "grpc_histogram", bool, "metrics.")
+    return dataclasses.replace(base, **values)
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    """The ``[tracing]`` section, after containerd's otlp and tracing plugins: where spans go
+    (an OTLP/gRPC collector, ``http://host:port`` in plain text or ``https://host:port`` with
+    TLS; empty, the default, traces nothing and loads none of OpenTelemetry), which share of
+    traces is kept, and the service name they carry."""
+
+    endpoint: str = ""
+    sampling_ratio: float = 1.0
+    service_name: str = "ctrpyd"
+
+
+def _parse_tracing(table: dict[str, Any], base: TracingConfig) -> TracingConfig:
+    if unknown := set(table) - {"endpoint", "sampling_ratio", "service_name"}:
+        raise InvalidArgument(f"config: unknown keys in [tracing]: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    if "endpoint" in table:
+        endpoint = values["endpoint"] = _expect(table, "endpoint", str, "tracing.")
+        scheme, _, rest = endpoint.partition("://")
+        host, colon, port = rest.rstrip("/").rpartition(":")
+        if endpoint and (scheme not in ("http", "https") or not host or not colon or not port.isdigit()
+                         or not 0 < int(port) <= 65535 or "/" in host):
+            raise InvalidArgument(f"config: tracing.endpoint {endpoint!r} is not http://host:port "
+                                  "or https://host:port (an OTLP/gRPC collector)")
+    if "sampling_ratio" in table:
+        ratio = table["sampling_ratio"]
+        if isinstance(ratio, int) and not isinstance(ratio, bool):
+            ratio = float(ratio)
+        ratio = _expect({"sampling_ratio": ratio}, "sampling_ratio", float, "tracing.")
+        if not 0.0 <= ratio <= 1.0:
+            raise InvalidArgument("config: tracing.sampling_ratio must be between 0.0 and 1.0")
+        values["sampling_ratio"] = ratio
+    if "service_name" in table:
+        values["service_name"] = _expect(table, "service_name", str, "tracing.")
+        if not values["service_name"]:
+            raise InvalidArgument("config: tracing.service_name must not be empty")
+    return dataclasses.replace(base, **values)
+
+
+@dataclass(frozen=True)
 class Config:
     root: Path = Path("/var/lib/ctrpy")
     state: Path = Path("/run/ctrpy")
@@ -239,6 +327,8 @@ class Config:
     transfer_unpack_workers: int = 2
     transfer_credentials_file: str = ""
     cri: CriConfig = field(default_factory=CriConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @property
     def cri_registry_config_path(self) -> str:
@@ -302,7 +392,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     values: dict[str, Any] = {}
     known = {
         "version", "root", "state", "grpc", "log", "snapshotter", "diff", "proxy_plugins", "shim", "runtimes", "gc",
-        "transfer", "cri", "metadata",
+        "transfer", "cri", "metadata", "metrics", "tracing",
     }
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
@@ -351,6 +441,10 @@ def parse(text: str, base: Config = Config()) -> Config:
     values.update(_parse_transfer(data.get("transfer", {})))
     if "cri" in data:
         values["cri"] = _parse_cri(_expect(data, "cri", dict, ""), base.cri)
+    if "metrics" in data:
+        values["metrics"] = _parse_metrics(_expect(data, "metrics", dict, ""), base.metrics)
+    if "tracing" in data:
+        values["tracing"] = _parse_tracing(_expect(data, "tracing", dict, ""), base.tracing)
     shim = data.get("shim", {})
     if unknown := set(shim) - {"template", "call_timeout", "state_timeout"}:
         raise InvalidArgument(f"config: unknown keys in [shim]: {sorted(unknown)}")
@@ -439,7 +533,12 @@ def render(config: Config) -> str:
         f"max_container_log_line_size = {cri.max_container_log_line_size}",
         f"image_pull_progress_timeout = {q(cri.image_pull_progress_timeout)}",
         f"stats_collect_period = {cri.stats_collect_period}",
+        f"shim_per_pod = {'true' if cri.shim_per_pod else 'false'}",
     ]  # fmt: skip
+    lines += ["", "[metrics]", f"address = {q(config.metrics.address)}",
+              f"grpc_histogram = {'true' if config.metrics.grpc_histogram else 'false'}"]
+    lines += ["", "[tracing]", f"endpoint = {q(config.tracing.endpoint)}",
+              f"sampling_ratio = {config.tracing.sampling_ratio!r}", f"service_name = {q(config.tracing.service_name)}"]
     for name, binary in sorted(config.runtimes.items()):
         lines += ["", f"[runtimes.{q(name)}]", f"binary = {q(binary)}"]
     for name, plugin in sorted(config.proxy_plugins.items()):

@@ -25,7 +25,7 @@ from google.protobuf import descriptor as pb_descriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ctrpy.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from ctrpy.api.containerd.services.containers.v1 import containers_pb2
 from ctrpy.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from ctrpy.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
@@ -44,7 +44,7 @@ from ctrpy.snapshotter.native import NativeSnapshotter
 from ctrpy.snapshotter.overlay import OverlaySnapshotter
 from ctrpy.snapshotter.proxy import ProxySnapshotter
 
-from . import memtrim, rootlock, startup
+from . import memtrim, rootlock, sdnotify, startup, tracing
 from .config import Config
 from .content import ContentStore
 from .diff import Limits
@@ -59,7 +59,10 @@ from .metadata.namespaces import NamespaceStore
 from .metadata.server_info import server_uuid
 from .metadata.snapshots import NAMESPACE_OWNER as SNAPSHOTS_OWNER
 from .metadata.snapshots import SnapshotStore
+from .metrics.grpcstats import GrpcStats
 from .runtime import ShimLauncher, ShimTimeouts
+from .services import containers as containers_service
+from .services import timeline as timeline_service
 from .services.containers import ContainersServicer
 from .services.content import ContentServicer
 from .services.diff import DiffServicer
@@ -225,6 +228,7 @@ def _prepare_directories(config: Config) -> None:
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     """Run ctrpyd until SIGTERM or SIGINT (a second one forces an immediate stop)."""
     _prepare_directories(config)
+    notifier = sdnotify.Notifier.from_environment()  # before any child: see manager/sdnotify.py
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(rootlock.holding_root(config.root))
@@ -235,8 +239,13 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         gc_scheduler = Scheduler(config.gc)  # started once the stores it collects exist
         uuid = await db.run(server_uuid, db)
 
+        if tracing.setup(config.tracing) is not None:  # [tracing]: see manager/tracing
+            stack.callback(tracing.shutdown)  # late: after the server and the shims' clients
+        # [metrics] address: gRPC calls are counted from the first (see manager/metrics).
+        grpc_stats = GrpcStats(config.metrics.grpc_histogram) if config.metrics.address else None
         server = grpc.aio.server(
-            interceptors=[EdgeInterceptor()],
+            interceptors=[*([grpc_stats.interceptor()] if grpc_stats else []), *tracing.server_interceptors(),
+                          EdgeInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -253,9 +262,9 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add("namespaces", NamespacesServicer(db, namespace_store, exchange),
                      namespace_pb2_grpc.add_NamespacesServicer_to_server,
                      namespace_pb2.DESCRIPTOR.services_by_name["Namespaces"])
-        container_store = ContainerStore(db)
+        container_store = ContainerStore(db, containers_service.encode)
         services.add("containers", ContainersServicer(db, container_store, exchange),
-                     containers_pb2_grpc.add_ContainersServicer_to_server,
+                     containers_service.add_to_server,
                      containers_pb2.DESCRIPTOR.services_by_name["Containers"])
         services.add("images", ImagesServicer(db, ImageStore(db), exchange, gc_scheduler),
                      images_pb2_grpc.add_ImagesServicer_to_server,
@@ -290,15 +299,17 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      requires=(SNAPSHOTTER_PLUGIN, "io.containerd.metadata.v1"))
         transfers = await _transfer(config, db, content, snapshot_stores, exchange, limits, services, stack)
         attach_cri = _cri(config, db, content, transfers, exchange, gc_scheduler, services, stack)
+        server.add_generic_rpc_handlers([timeline_service.handler()])  # ctrpy's own: services/timeline.py
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
         launcher = ShimLauncher(
             config.state, str(config.address), use_template=config.shim_template,
             timeouts=ShimTimeouts(config.shim_call_timeout, config.shim_state_timeout),
         )  # fmt: skip
-        await launcher.start()
+        await launcher.start(wait=False)  # the template comes up while the tasks are taken back
         stack.push_async_callback(launcher.close)
-        task_manager = TaskManager(config.state, launcher, exchange, dict(config.runtimes))
+        task_manager = TaskManager(config.state, launcher, exchange, dict(config.runtimes),
+                                   shim_per_pod=config.cri.enabled and config.cri.shim_per_pod)
         await task_manager.recover()
         stack.push_async_callback(task_manager.close)  # closed after what the CRI attaches below
         if attach_cri is not None:
@@ -315,7 +326,15 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                      health_pb2.DESCRIPTOR.services_by_name["Health"], requires=())
         introspection.plugins = services.plugins
         reflection.enable_server_reflection([*services.names, reflection.SERVICE_NAME], server)
+        if grpc_stats is not None:  # imported only then: prometheus-client stays out of other daemons
+            from .metrics.service import serve_metrics
 
+            await serve_metrics(config, grpc_stats, [*services.names, reflection.SERVICE_NAME], task_manager, db,
+                                exchange, gc_scheduler, content.store.path / "blobs", snapshot_stores, stack)
+
+        # Before anyone can make anything: the start-up collection, if not run yet, cannot
+        # take what a client makes without a lease in its first moments (see gc/scheduler.py).
+        await gc_scheduler.startup_collection()
         _claim_socket(config.address)
         old_umask = os.umask(0o177)  # the socket is created owner-only, then opened to the group
         try:
@@ -349,10 +368,12 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             stack.callback(loop.remove_signal_handler, signum)
 
         log.info("ctrpyd serving", address=str(config.address), root=str(config.root), state=str(config.state))
+        notifier.send(f"READY=1\nSTATUS=serving on {config.address}")
         memtrim.trim()  # what start-up freed goes back to the kernel (see manager/memtrim.py)
         if ready is not None:
             ready.set()
         await stopping.wait()
+        notifier.send("STOPPING=1")
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         log.info("ctrpyd stopped")

@@ -7,13 +7,19 @@ bundle. The result is the init process's exit from the bundle's ``exit`` file wh
 wrote one, else exit status 255 at the current time, as containerd reports for a dead shim.
 
 The bundle directory is removed only once nothing is mounted below it.
+
+A shim may serve several tasks (a pod's containers share their sandbox's shim): then several
+bundles of the namespace name it in ``address``. A live shim is killed only for the last bundle
+that names it, so that cleaning up one task of a pod does not end the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -41,10 +47,24 @@ def _is_shim(pid: int) -> bool:
     return name == PROCESS_NAME and state not in (b"Z", b"X")
 
 
+def shared_with(bundle: str) -> list[str]:
+    """The other bundles of the namespace whose ``address`` names the same shim as ``bundle``."""
+    address = files.read_text(bundle, files.ADDRESS)
+    if not address:
+        return []
+    parent, name = os.path.split(os.path.normpath(bundle))
+    try:
+        entries = [e for e in os.scandir(parent) if e.name != name and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    return [e.path for e in entries if files.read_text(e.path, files.ADDRESS) == address]
+
+
 def kill_shim(bundle: str) -> None:
-    """SIGKILL the bundle's shim if it is still running, and wait for it to disappear."""
+    """SIGKILL the bundle's shim if it is still running, and wait for it to disappear; a shim
+    that other bundles name is left to them (it serves their tasks too)."""
     pid = files.read_pid(bundle, files.SHIM_PID)
-    if pid is None or pid == os.getpid() or not _is_shim(pid):
+    if pid is None or pid == os.getpid() or not _is_shim(pid) or shared_with(bundle):
         return
     try:
         os.kill(pid, signal.SIGKILL)
@@ -95,11 +115,27 @@ def delete_bundle(config: ShimConfig) -> ExitInfo:
         raise CtrpyError(f"unmounting {rootfs} failed: {exc}") from None
     if mounts.mountpoints_under(bundle):
         raise CtrpyError(f'bundle "{bundle}" still has mounts; not removed')
-    if os.path.exists(config.socket_path) and not _is_shim(files.read_pid(bundle, files.SHIM_PID) or 0):
-        for path in (config.socket_path, attachproto.socket_for(config.socket_path)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    if not _is_shim(files.read_pid(bundle, files.SHIM_PID) or 0):
+        stale = [config.socket_path, attachproto.socket_for(config.socket_path)]
+        address = files.read_text(bundle, files.ADDRESS)
+        if address and address != config.grpc_address:
+            stale.append(address.removeprefix("unix://"))  # the dead shim of the task's pod
+        for path in stale:
+            _unlink_stale_socket(path)
     shutil.rmtree(bundle)
     return info
+
+
+def _unlink_stale_socket(path: str) -> None:
+    """Remove a socket nobody listens on any more (one that answers belongs to a live shim)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    finally:
+        probe.close()

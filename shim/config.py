@@ -10,11 +10,26 @@ from typing import Any
 from ctrpy.errors import InvalidArgument
 from ctrpy.identifiers import validate
 
+from . import attachproto
+
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 SOCKET_DIR = "s"
 # The comm of every shim process, so that a pid can be recognised as a shim.
 PROCESS_NAME = b"ctrpy-shim"
+
+
+def task_socket_path(state_root: str, namespace: str, task_id: str) -> str:
+    """``<state_root>/s/<hash of state root, namespace and id>``: the socket of the shim started
+    for the task, and (with :func:`ctrpy.shim.attachproto.socket_for`) the base of the task's
+    attach socket, also when the task was added to another task's shim."""
+    digest = hashlib.sha256(f"{state_root}\0{namespace}\0{task_id}".encode()).hexdigest()
+    return os.path.join(state_root, SOCKET_DIR, digest[:24])
+
+
+def task_attach_socket(state_root: str, namespace: str, task_id: str) -> str:
+    """Where the task serves attach clients, whichever shim holds it."""
+    return attachproto.socket_for(task_socket_path(state_root, namespace, task_id))
 
 
 @dataclass(frozen=True)
@@ -57,8 +72,7 @@ class ShimConfig:
     @property
     def socket_path(self) -> str:
         """``<state_root>/s/<hash of state root, namespace and id>``, short enough for sun_path."""
-        digest = hashlib.sha256(f"{self.state_root}\0{self.namespace}\0{self.id}".encode()).hexdigest()
-        return os.path.join(self.socket_dir, digest[:24])
+        return task_socket_path(self.state_root, self.namespace, self.id)
 
     @property
     def grpc_address(self) -> str:

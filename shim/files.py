@@ -5,7 +5,8 @@ the rest::
 
     config.json     the OCI runtime spec (ctrpyd; the shim clamps a negative oomScoreAdj)
     rootfs/         mount point of the task's root filesystem (mounted by the shim)
-    address         the shim's gRPC address, ``unix:///<state>/s/<hash>``
+    address         the shim's gRPC address, ``unix:///<state>/s/<hash>`` (the containers of a pod
+                    may share the shim of its sandbox: then several bundles name one shim)
     shim.pid        the shim's pid
     init.pid        the init process's pid (written by runc --pid-file)
     runtime.json    the runtime binary and root the shim used, for ``ctrpy-shim delete``
@@ -14,7 +15,7 @@ the rest::
     oom             present once the kernel's OOM killer has killed a process of the task
                     (written before the OOM is reported, and before the exit it caused)
     log.json        runc's log (json lines)
-    shim.log        the shim's own stderr
+    shim.log        the shim's own stderr (one file, linked into every bundle of a pod's shim)
 
 This module has no dependencies beyond the standard library, so that ctrpyd can read these
 files without importing the shim's server code.

@@ -1,9 +1,10 @@
 """The shim's gRPC server: ``ctrpy.shim.v1.TaskService`` on the shim's own unix socket.
 
-The servicer is thin: it converts requests, calls :class:`~ctrpy.shim.task.Task`, converts the
-answer, and turns ctrpy.errors kinds into gRPC status codes. :func:`serve` is the shim's life:
-reaper, publisher, task, server; write ``address`` and ``shim.pid``; report readiness; serve
-until Shutdown; drain events; remove the socket.
+The servicer is thin: it finds the request's :class:`~ctrpy.shim.task.Task` by its id (a shim
+may serve a pod's tasks, :mod:`ctrpy.shim.tasks`), converts the request, calls the task, converts
+the answer, and turns ctrpy.errors kinds into gRPC status codes. :func:`serve` is the shim's
+life: reaper, publisher, tasks, server; write ``address`` and ``shim.pid``; report readiness;
+serve until the Shutdown of its last task; drain events; remove the socket.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .reaper import Reaper
 from .runc import RuntimeConfig
 from .states import State
 from .stdio import StdioPaths
-from .task import Task
+from .tasks import Tasks
 
 log = logging.getLogger("ctrpy.shim")
 
@@ -127,33 +128,45 @@ def _state(proc: Process, bundle: str) -> pb.StateResponse:
 
 
 class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
-    """ctrpy.shim.v1.TaskService over one :class:`Task`."""
+    """ctrpy.shim.v1.TaskService over the shim's :class:`Tasks`, each request routed by its id."""
 
-    def __init__(self, task: Task, shutdown: asyncio.Event) -> None:
-        self.task = task
+    def __init__(self, tasks: Tasks, shutdown: asyncio.Event) -> None:
+        self.tasks = tasks
         self.shutdown = shutdown
 
     @_errors
     async def State(self, request: pb.StateRequest, context: Any) -> pb.StateResponse:
-        return _state(self.task.process(request.id, request.exec_id), self.task.config.bundle)
+        task = self.tasks.get(request.id)
+        return _state(task.process(request.id, request.exec_id), task.config.bundle)
 
     @_errors
     async def Create(self, request: pb.CreateRequest, context: Any) -> pb.CreateResponse:
-        if request.bundle and os.path.realpath(request.bundle) != os.path.realpath(self.task.config.bundle):
+        task, added = self.tasks.for_create(request.id, request.bundle)
+        if request.bundle and os.path.realpath(request.bundle) != os.path.realpath(task.config.bundle):
             raise CtrpyError(f'bundle "{request.bundle}" is not this shim\'s bundle')
         rootfs = [mounts.Mount(m.type, m.source, m.target, tuple(m.options)) for m in request.rootfs]
         stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
-        runtime = runtime_config(self.task.config, request.options)
-        pid = await _to_the_end(self.task.create(request.id, rootfs, stdio, runtime))
+        runtime = runtime_config(task.config, request.options)
+        try:
+            pid = await _to_the_end(task.create(request.id, rootfs, stdio, runtime))
+        except BaseException:
+            if added and task.init is None:
+                self.tasks.drop(request.id)  # a task the shim never held
+            raise
+        context.set_trailing_metadata(task.steps.metadata())  # for ctrpyd's timeline (steps.py)
         return pb.CreateResponse(pid=pid)
 
     @_errors
     async def Start(self, request: pb.StartRequest, context: Any) -> pb.StartResponse:
-        return pb.StartResponse(pid=await _to_the_end(self.task.start(request.id, request.exec_id)))
+        task = self.tasks.get(request.id)
+        pid = await _to_the_end(task.start(request.id, request.exec_id))
+        if not request.exec_id:
+            context.set_trailing_metadata(task.steps.metadata())  # for ctrpyd's timeline (steps.py)
+        return pb.StartResponse(pid=pid)
 
     @_errors
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
-        info = await _to_the_end(self.task.delete(request.id, request.exec_id))
+        info = await _to_the_end(self.tasks.get(request.id).delete(request.id, request.exec_id))
         response = pb.DeleteResponse(pid=info.pid, exit_status=info.exit_status)
         if info.exited_at_ns:
             response.exited_at.CopyFrom(timestamp(info.exited_at_ns))
@@ -162,7 +175,7 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
     @_errors
     async def Pids(self, request: pb.PidsRequest, context: Any) -> pb.PidsResponse:
         response = pb.PidsResponse()
-        for pid, exec_id in await self.task.pids(request.id):
+        for pid, exec_id in await self.tasks.get(request.id).pids(request.id):
             info = response.processes.add(pid=pid)
             if exec_id:
                 info.info.CopyFrom(pack(oci_pb2.ProcessDetails(exec_id=exec_id)))
@@ -170,63 +183,64 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
 
     @_errors
     async def Pause(self, request: pb.PauseRequest, context: Any) -> pb.PauseResponse:
-        await _to_the_end(self.task.pause(request.id))
+        await _to_the_end(self.tasks.get(request.id).pause(request.id))
         return pb.PauseResponse()
 
     @_errors
     async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
-        await _to_the_end(self.task.resume(request.id))
+        await _to_the_end(self.tasks.get(request.id).resume(request.id))
         return pb.ResumeResponse()
 
     @_errors
     async def Kill(self, request: pb.KillRequest, context: Any) -> pb.KillResponse:
-        await self.task.kill(request.id, request.exec_id, request.signal, request.all)
+        await self.tasks.get(request.id).kill(request.id, request.exec_id, request.signal, request.all)
         return pb.KillResponse()
 
     @_errors
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
-        await _to_the_end(self.task.exec(request.id, request.exec_id, stdio, request.spec.value))
+        await _to_the_end(self.tasks.get(request.id).exec(request.id, request.exec_id, stdio, request.spec.value))
         return pb.ExecResponse()
 
     @_errors
     async def ResizePty(self, request: pb.ResizePtyRequest, context: Any) -> pb.ResizePtyResponse:
-        self.task.resize(request.id, request.exec_id, request.width, request.height)
+        self.tasks.get(request.id).resize(request.id, request.exec_id, request.width, request.height)
         return pb.ResizePtyResponse()
 
     @_errors
     async def CloseIO(self, request: pb.CloseIORequest, context: Any) -> pb.CloseIOResponse:
         if request.stdin:
-            self.task.close_io(request.id, request.exec_id)
+            self.tasks.get(request.id).close_io(request.id, request.exec_id)
         return pb.CloseIOResponse()
 
     @_errors
     async def Update(self, request: pb.UpdateRequest, context: Any) -> pb.UpdateResponse:
-        await self.task.update(request.id, request.resources.value)
+        await self.tasks.get(request.id).update(request.id, request.resources.value)
         return pb.UpdateResponse()
 
     @_errors
     async def Wait(self, request: pb.WaitRequest, context: Any) -> pb.WaitResponse:
-        info = await self.task.wait(request.id, request.exec_id)
+        info = await self.tasks.get(request.id).wait(request.id, request.exec_id)
         return pb.WaitResponse(exit_status=info.exit_status, exited_at=timestamp(info.exited_at_ns))
 
     @_errors
     async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
-        return pb.StatsResponse(stats=to_metrics(await self.task.stats(request.id)))
+        return pb.StatsResponse(stats=to_metrics(await self.tasks.get(request.id).stats(request.id)))
 
     @_errors
     async def Connect(self, request: pb.ConnectRequest, context: Any) -> pb.ConnectResponse:
-        init = self.task.init
+        task = self.tasks.find(request.id)
+        init = task.init if task is not None else None
         return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=init.pid if init else 0, version=VERSION)
 
     @_errors
     async def ReopenLog(self, request: pb.ReopenLogRequest, context: Any) -> pb.ReopenLogResponse:
-        self.task.reopen_log(request.id, request.exec_id)
+        self.tasks.get(request.id).reopen_log(request.id, request.exec_id)
         return pb.ReopenLogResponse()
 
     @_errors
     async def Shutdown(self, request: pb.ShutdownRequest, context: Any) -> pb.ShutdownResponse:
-        if request.now or self.task.deleted:
+        if self.tasks.release(request.id, now=request.now):
             self.shutdown.set()
         return pb.ShutdownResponse()
 
@@ -255,10 +269,10 @@ async def serve(config: ShimConfig, report: Callable[[dict[str, Any]], None]) ->
     reaper = Reaper()
     reaper.install(loop)
     publisher = Publisher(config.address, config.namespace)
-    task = Task(config, reaper, publisher)
+    tasks = Tasks(config, reaper, publisher)
     shutdown = asyncio.Event()
     server = grpc.aio.server()
-    shim_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(task, shutdown), server)
+    shim_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks, shutdown), server)
     claim_socket(config.socket_path)
     server.add_insecure_port(f"unix:{config.socket_path}")
     await server.start()
@@ -272,7 +286,7 @@ async def serve(config: ShimConfig, report: Callable[[dict[str, Any]], None]) ->
             log.error("exiting with unpublished events")
     finally:
         await server.stop(None)
-        await task.close()
+        await tasks.close()
         await publisher.close()
         reaper.close()
         with contextlib.suppress(FileNotFoundError):

@@ -42,6 +42,7 @@ from .reaper import Reaper
 from .runc import Runc, RuntimeConfig
 from .states import State, check
 from .stdio import ProcessIO, StdioPaths
+from .steps import Steps
 
 log = logging.getLogger("ctrpy.shim")
 
@@ -55,7 +56,11 @@ REAP_TIMEOUT = 5.0
 class Task:
     """One container. Every method runs on the event loop; errors are ctrpy.errors kinds."""
 
-    def __init__(self, config: ShimConfig, reaper: Reaper, publisher: Publisher) -> None:
+    def __init__(
+        self, config: ShimConfig, reaper: Reaper, publisher: Publisher, *, dispatch_exits: bool = True
+    ) -> None:
+        """``dispatch_exits``: take the reaper's exits for this task alone; a shim serving several
+        tasks (:class:`~ctrpy.shim.tasks.Tasks`) hands every exit to each through :meth:`on_exit`."""
         self.config = config
         self.reaper = reaper
         self.publisher = publisher
@@ -67,7 +72,9 @@ class Task:
         self._oom: OomWatcher | None = None
         self._kill_all_on_exit = False
         self._exit_tasks: set[asyncio.Task[None]] = set()
-        reaper.on_exit = self._on_exit
+        self.steps = Steps()  # of the last Create or Start, for ctrpyd's timeline
+        if dispatch_exits:
+            reaper.on_exit = self.on_exit
 
     # ---- lookup ---------------------------------------------------------------------------
 
@@ -122,10 +129,12 @@ class Task:
         rootfs_dir = os.path.join(bundle, files.ROOTFS)
         self.rootfs = tuple(rootfs)
         try:
+            self.steps.restart()
             if self.rootfs:
                 os.makedirs(rootfs_dir, exist_ok=True)
                 try:
-                    mounts.mount_all(self.rootfs, rootfs_dir)
+                    with self.steps.timed("rootfs mount"):
+                        mounts.mount_all(self.rootfs, rootfs_dir)
                 except OSError as exc:
                     raise CtrpyError(f"failed to mount rootfs component: {exc}") from None
             # runc resolves mount destinations inside the rootfs: judge them as it will.
@@ -168,7 +177,11 @@ class Task:
             console_dir=self.config.socket_dir,
             attach_socket=attachproto.socket_for(self.config.socket_path) if create else "",
         )
-        await io.open()
+        if create:
+            with self.steps.timed("stdio"):
+                await io.open()
+        else:
+            await io.open()
         proc.io = io
         if proc.stdin_closed:
             io.close_stdin()
@@ -179,13 +192,14 @@ class Task:
         try:
             with self.reaper.collect() as early_exits:
                 if create:
-                    await runc.create(
-                        proc.container_id,
-                        bundle,
-                        pid_file,
-                        stdio=io.child_fds,
-                        console_socket=io.console_socket,
-                    )
+                    with self.steps.timed("runc create"):
+                        await runc.create(
+                            proc.container_id,
+                            bundle,
+                            pid_file,
+                            stdio=io.child_fds,
+                            console_socket=io.console_socket,
+                        )
                 else:
                     files.write_atomic(process_file, exec_process_json(proc.spec))
                     await runc.exec(
@@ -222,7 +236,9 @@ class Task:
         proc.start_done.clear()
         try:
             if proc.is_init:
-                await runc.start(container_id)
+                self.steps.restart()
+                with self.steps.timed("runc start"):
+                    await runc.start(container_id)
                 self.publisher.publish(
                     "/tasks/start", events.TaskStart(container_id=container_id, pid=proc.pid)
                 )
@@ -259,8 +275,8 @@ class Task:
 
     # ---- exits ----------------------------------------------------------------------------
 
-    def _on_exit(self, pid: int, status: int) -> None:
-        """Reaper callback for every non-runc exit."""
+    def on_exit(self, pid: int, status: int) -> None:
+        """Reaper callback for every non-runc exit (pids of other tasks are ignored)."""
         proc = self._by_pid.get(pid)
         if proc is not None:
             self._on_exit_of(proc, status)

@@ -19,6 +19,7 @@ import asyncio
 import errno
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,7 +34,11 @@ from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
 from ctrpy.errors import CtrpyError, DeadlineExceeded, Unavailable, from_grpc
 from ctrpy.mount import Mount
+from ctrpy.shim import steps as shim_steps
 from ctrpy.shim.files import ExitInfo
+
+from .. import tracing
+from ..timeline import Step, timelines
 
 T = TypeVar("T")
 
@@ -44,6 +49,8 @@ RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResource
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
 CALL_TIMEOUT = 30.0
 STATE_TIMEOUT = 2.0  # containerd's io.containerd.timeout.task.state
+# Calls that never move a process (ShimClient.changes does not count them).
+_READS = (pb.StateRequest, pb.ConnectRequest, pb.StatsRequest, pb.PidsRequest)
 
 
 @dataclass(frozen=True)
@@ -159,15 +166,23 @@ class ShimClient:
         namespace: str = "",
         shim_pid: int = 0,
         timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
+        attach_socket: str = "",
     ) -> None:
+        """``attach_socket``: where the task serves attach clients, when it is not next to the
+        shim's socket (a task added to its pod's shim has its own; see ctrpy.shim.tasks)."""
         self.address = address
         self.id = container_id
         self.namespace = namespace
         self.shim_pid = shim_pid
+        self.attach_socket = attach_socket  # "": next to the shim's socket
         self.timeouts = timeouts
         self.call_timeout = timeouts.call
+        # Calls made that may move a process (any but _READS), counted as each ends: a State
+        # answer given while this changed may be stale (see ctrpy.manager.tasks.known).
+        self.changes = 0
         path = socket_path(address)
-        self._channel = grpc.aio.insecure_channel(f"unix:{path}")
+        # With [tracing] on: a span per call, the trace context sent along (manager/tracing).
+        self._channel = grpc.aio.insecure_channel(f"unix:{path}", interceptors=tracing.client_interceptors() or None)
         self._stub = shim_pb2_grpc.TaskServiceStub(self._channel)
 
     @classmethod
@@ -180,11 +195,13 @@ class ShimClient:
         namespace: str = "",
         shim_pid: int = 0,
         timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
+        attach_socket: str = "",
     ) -> ShimClient:
         """A client whose shim has answered Connect; raises Unavailable quickly when it is gone."""
         if not os.path.exists(socket_path(address)) or not socket_answers(address):
             raise Unavailable(f'shim for task "{container_id}" at {address}')
-        client = cls(address, container_id, namespace=namespace, shim_pid=shim_pid, timeouts=timeouts)
+        client = cls(address, container_id, namespace=namespace, shim_pid=shim_pid, timeouts=timeouts,
+                     attach_socket=attach_socket)
         try:
             await client.info(timeout=timeout)
         except BaseException:
@@ -211,11 +228,19 @@ class ShimClient:
         return f'shim of task "{self.id}" ({", ".join(where)})'
 
     async def _call(
-        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = -1.0
+        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = -1.0,
+        trailers: list[tuple[str, Any]] | None = None,
     ) -> T:
+        """One call within ``timeout`` (-1: the call deadline); ``trailers`` receives the
+        answer's trailing metadata (the shim's step timings, see ctrpy.shim.steps)."""
         deadline = self.call_timeout if timeout == -1.0 else timeout
         try:
-            return await method(request, timeout=deadline)
+            call = method(request, timeout=deadline)
+            response = await call
+            trailing = getattr(call, "trailing_metadata", None)
+            if trailers is not None and trailing is not None:
+                trailers.extend(await trailing() or ())
+            return response
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 name = type(request).__name__.removesuffix("Request")
@@ -223,6 +248,9 @@ class ShimClient:
                     f"{self.describe()} did not answer {name} within {deadline:g}s"
                 ) from None
             raise from_grpc(exc) from None
+        finally:
+            if not isinstance(request, _READS):
+                self.changes += 1
 
     async def info(self, *, timeout: float | None = -1.0) -> ShimInfo:
         """Connect: the shim's pid, the init pid and the shim's version."""
@@ -251,11 +279,27 @@ class ShimClient:
         )
         if options is not None:
             request.options.CopyFrom(any_pb2.Any(type_url=options.type_url, value=options.value))
-        return (await self._call(self._stub.Create, request)).pid
+        trailers: list[tuple[str, Any]] = []
+        began = time.monotonic_ns()
+        pid = (await self._call(self._stub.Create, request, trailers=trailers)).pid
+        self._timed("shim create", began, trailers)
+        return pid
 
     async def start(self, exec_id: str = "") -> int:
         """Start the init process or an exec process; returns its pid."""
-        return (await self._call(self._stub.Start, pb.StartRequest(id=self.id, exec_id=exec_id))).pid
+        trailers: list[tuple[str, Any]] = []
+        began = time.monotonic_ns()
+        pid = (await self._call(self._stub.Start, pb.StartRequest(id=self.id, exec_id=exec_id),
+                                trailers=trailers)).pid
+        if not exec_id:
+            self._timed("shim start call", began, trailers)
+        return pid
+
+    def _timed(self, call: str, began: int, trailers: list[tuple[str, Any]]) -> None:
+        """Add the shim's steps of a Create or Start to the task's start-up timeline, or, from a
+        shim that sent none, the call as ctrpyd saw it."""
+        steps = [Step(name, start, end, "shim") for name, start, end in shim_steps.parse(trailers)]
+        timelines.add(self.namespace, self.id, steps or [Step(call, began, time.monotonic_ns())])
 
     async def delete(self, exec_id: str = "") -> ExitInfo:
         """Delete a created or stopped process; returns how it ended."""

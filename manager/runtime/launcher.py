@@ -27,15 +27,18 @@ import structlog
 
 from ctrpy import errors
 from ctrpy.errors import CtrpyError
-from ctrpy.shim.config import ShimConfig
+from ctrpy.shim.config import ShimConfig, task_attach_socket
 from ctrpy.shim.files import ExitInfo
 
+from .. import tracing
 from .bundle import Bundle
 from .client import DEFAULT_TIMEOUTS, ShimClient, ShimTimeouts
 
 log = structlog.get_logger("ctrpy.runtime")
 
 SHIM_MODULE = "ctrpy.shim.main"
+# Shims run as `python -P -m ctrpy.shim.main`: -P keeps ctrpyd's working directory off sys.path,
+# where a ctrpy/ directory (a source checkout) would shadow the installed package.
 TEMPLATE_SOCKET = "template"
 START_TIMEOUT = 30.0
 TEMPLATE_READY_TIMEOUT = 30.0
@@ -74,7 +77,7 @@ async def run_shim_delete(
         bundle.namespace, bundle.id, str(bundle.path), "", os.fspath(state_dir), runtime_binary
     )
     proc = await asyncio.create_subprocess_exec(
-        python, "-m", SHIM_MODULE, "delete", *config.to_args(),
+        python, "-P", "-m", SHIM_MODULE, "delete", *config.to_args(),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -115,6 +118,7 @@ class ShimLauncher:
         self.python = python
         self._template: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._starting: asyncio.Future[None] | None = None
 
     @property
     def template_socket(self) -> Path:
@@ -127,19 +131,33 @@ class ShimLauncher:
         t = self._template
         return t.pid if t is not None and t.returncode is None else None
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = True) -> None:
         """Start the template (when enabled). A template that fails to start is logged, not
-        raised: shims are then spawned without it."""
-        if self.use_template:
+        raised: shims are then spawned without it. With ``wait`` false it comes up in the
+        background and the first shim to start waits for it: a restarting ctrpyd does not need
+        it to take back its tasks, and serves them sooner (the template's imports take a
+        fresh Python a few hundred ms)."""
+        if not self.use_template:
+            return
+        if wait:
             async with self._lock:
                 await self._start_template()
+        elif self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_in_background())
+
+    async def _start_in_background(self) -> None:
+        async with self._lock:
+            try:
+                await self._start_template()
+            except Exception as exc:  # as a template that does not come up: shims are spawned
+                log.warning("shim template did not start; spawning shims instead", error=str(exc))
 
     async def _start_template(self) -> None:
         if self.template_pid is not None:
             return
         self.template_socket.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", SHIM_MODULE, "template", "--socket", str(self.template_socket),
+            self.python, "-P", "-m", SHIM_MODULE, "template", "--socket", str(self.template_socket),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -156,11 +174,14 @@ class ShimLauncher:
 
     async def close(self) -> None:
         """Stop the template (shims keep running)."""
+        if self._starting is not None:
+            await self._starting  # a template still coming up is stopped below, not left behind
         async with self._lock:
             if self._template is not None:
                 await _stop(self._template)
                 self._template = None
 
+    @tracing.traced("shim start")
     async def start_shim(
         self,
         bundle: Bundle,
@@ -196,6 +217,14 @@ class ShimLauncher:
             shim_pid=bundle.shim_pid() or 0, timeouts=self.timeouts,
         )  # fmt: skip
 
+    def join_shim(self, bundle: Bundle, address: str, shim_pid: int) -> ShimClient:
+        """A client for ``bundle``'s task in the running shim at ``address`` (its pod's): the
+        shim adds the task at Create and writes its own address and pid into the bundle."""
+        return ShimClient(
+            address, bundle.id, namespace=bundle.namespace, shim_pid=shim_pid, timeouts=self.timeouts,
+            attach_socket=task_attach_socket(str(self.state_dir), bundle.namespace, bundle.id),
+        )  # fmt: skip
+
     async def _fork_from_template(self, config: ShimConfig) -> dict[str, Any] | None:
         """The template's reply, or None when there is no usable template."""
         async with self._lock:
@@ -227,7 +256,7 @@ class ShimLauncher:
 
     async def _spawn(self, config: ShimConfig) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", SHIM_MODULE, "start", *config.to_args(),
+            self.python, "-P", "-m", SHIM_MODULE, "start", *config.to_args(),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:

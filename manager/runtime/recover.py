@@ -2,39 +2,45 @@
 
 :func:`recover` walks ``<state>/tasks/*/*``. For each bundle it connects to the shim named in
 the bundle's ``address`` file, failing fast when the socket is missing or refuses (no waiting
-for a dead shim). A live shim is returned with a connected client; for a dead one (or a bundle
-whose shim never started) it runs ``ctrpy-shim delete``, which cleans up and reports the exit
+for a dead shim); the bundles of a pod's tasks name their one shim, and each connects to it.
+A live shim is returned with a connected client; for a dead one (or a bundle whose shim never
+started) it runs ``ctrpy-shim delete``, which cleans up and reports the exit
 the shim had written to the bundle, or status 255 (DESIGN.md, "After a crash").
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from dataclasses import dataclass
 
 import structlog
 
-from ctrpy.errors import CtrpyError
+from ctrpy.errors import CtrpyError, NotFound, Unavailable
+from ctrpy.shim.config import task_attach_socket
 from ctrpy.shim.files import ExitInfo
 
 from .bundle import Bundle, bundles
-from .client import DEFAULT_TIMEOUTS, ShimClient, ShimTimeouts
+from .client import DEFAULT_TIMEOUTS, ProcessState, ShimClient, ShimTimeouts, socket_answers, socket_path
 from .launcher import run_shim_delete
 
 log = structlog.get_logger("ctrpy.runtime")
 
 CONNECT_TIMEOUT = 2.0
+CONNECTS_AT_ONCE = 64  # shims asked at once at start-up
 
 
 @dataclass(frozen=True)
 class FoundShim:
     """One bundle found on disk.
 
-    Live: ``client`` is connected. Dead: ``client`` is None and ``exit`` is what the cleanup
-    found (None, with ``error`` set, when the cleanup failed and the bundle is still there);
-    ``had_task`` says whether the bundle ever held a task (runc wrote its init.pid), so that a
-    create interrupted before that point is not reported as a task that ran and exited.
+    Live: ``client`` is connected, and ``state`` is what the shim answered about the task's
+    init process (None when it holds no such task). Dead: ``client`` is None and ``exit`` is
+    what the cleanup found (None, with ``error`` set, when the cleanup failed and the bundle is
+    still there); ``had_task`` says whether the bundle ever held a task (runc wrote its
+    init.pid), so that a create interrupted before that point is not reported as a task that
+    ran and exited.
     """
 
     bundle: Bundle
@@ -42,6 +48,7 @@ class FoundShim:
     exit: ExitInfo | None = None
     error: str = ""
     had_task: bool = True
+    state: ProcessState | None = None
 
     @property
     def alive(self) -> bool:
@@ -59,24 +66,35 @@ async def recover(
 ) -> list[FoundShim]:
     """Reconnect to every live shim under ``state_dir`` and clean up after the dead ones.
 
-    A shim that does not answer Connect within ``connect_timeout`` (stopped, stuck) counts as
+    A shim that does not answer State within ``connect_timeout`` (stopped, stuck) counts as
     dead, so start-up never waits longer than that on one shim. The clients returned use
     ``timeouts``.
     """
-    found: list[FoundShim] = []
-    for bundle in bundles(state_dir):
+    limit = asyncio.Semaphore(CONNECTS_AT_ONCE)
+
+    async def reach(bundle: Bundle) -> tuple[ShimClient, ProcessState | None] | None:
         address = bundle.address()
-        if address:
+        if not address:
+            return None
+        async with limit:
             try:
-                client = await ShimClient.connect(
-                    address, bundle.id, timeout=connect_timeout, namespace=bundle.namespace,
-                    shim_pid=bundle.shim_pid() or 0, timeouts=timeouts,
+                return await _reach(
+                    address, bundle, timeout=connect_timeout, timeouts=timeouts,
+                    attach_socket=task_attach_socket(os.fspath(state_dir), bundle.namespace, bundle.id),
                 )  # fmt: skip
             except CtrpyError as exc:
                 log.info("shim is gone", namespace=bundle.namespace, id=bundle.id, reason=exc.message)
-            else:
-                found.append(FoundShim(bundle, client=client))
-                continue
+                return None
+
+    # The live shims all at once (one round trip each, overlapped: with many tasks, start-up
+    # would otherwise wait for them one by one); the dead ones' cleanups one at a time after.
+    every = list(bundles(state_dir))
+    reached = await asyncio.gather(*(reach(bundle) for bundle in every))
+    found: list[FoundShim] = []
+    for bundle, live in zip(every, reached, strict=True):
+        if live is not None:
+            found.append(FoundShim(bundle, client=live[0], state=live[1]))
+            continue
         had_task = bundle.init_pid() is not None or bundle.exit() is not None
         try:
             info = await run_shim_delete(state_dir, bundle, runtime_binary=runtime_binary, python=python)
@@ -88,3 +106,25 @@ async def recover(
             continue
         found.append(FoundShim(bundle, exit=info, had_task=had_task))
     return found
+
+
+async def _reach(
+    address: str, bundle: Bundle, *, timeout: float, timeouts: ShimTimeouts, attach_socket: str
+) -> tuple[ShimClient, ProcessState | None]:
+    """A client for the live shim at ``address`` and the state of ``bundle``'s task in it (None
+    when it holds none), in one call: an answer to State proves the shim alive as Connect's
+    would, and saves start-up one round trip per task. Raises Unavailable at once when nothing
+    listens there, DeadlineExceeded after ``timeout`` for a shim that does not answer."""
+    if not os.path.exists(socket_path(address)) or not socket_answers(address):
+        raise Unavailable(f'shim for task "{bundle.id}" at {address}')
+    client = ShimClient(
+        address, bundle.id, namespace=bundle.namespace, shim_pid=bundle.shim_pid() or 0,
+        timeouts=timeouts, attach_socket=attach_socket,
+    )  # fmt: skip
+    try:
+        return client, await client.state(deadline=timeout)
+    except NotFound:
+        return client, None
+    except BaseException:
+        await client.close()
+        raise

@@ -3,8 +3,11 @@
 A shim that stops answering (stopped, stuck in the kernel, swapped out) holds up only the calls
 about its own task, each for at most its deadline (``[shim]`` in the configuration): List and Get
 show its task as containerd does, status UNKNOWN and pid 0, after the short state deadline;
-the calls that act on it fail with DeadlineExceeded naming the shim. List and Metrics ask all
-shims at once, so a stuck one costs one deadline, not one per task after it.
+the calls that act on it fail with DeadlineExceeded naming the shim. List and Get answer an
+init process's state from memory while nothing can have moved it since its shim last told it
+(ctrpy.manager.tasks.known), and ask the shim otherwise: a listing of many running tasks makes
+no round trip. List asks the shims it must (and Metrics all shims) at once, so a stuck one
+costs one deadline, not one per task after it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ctrpy.api.containerd.types.task import task_pb2
 from ctrpy.errors import CtrpyError, DeadlineExceeded, InvalidArgument, NotFound
 from ctrpy.manager.metadata.containers import ContainerStore
 from ctrpy.manager.metadata.db import Database
-from ctrpy.manager.runtime import ShimClient, Stdio
+from ctrpy.manager.runtime import ProcessState, ShimClient, Stdio
 from ctrpy.manager.tasks.manager import Task, TaskManager
 from ctrpy.shim.files import ExitInfo
 
@@ -55,6 +58,30 @@ def _delete_response(info: ExitInfo, exec_id: str = "") -> api.DeleteResponse:
     )
 
 
+def _shown(state: ProcessState, process_id: str) -> task_pb2.Process:
+    """A live process as Get and List show it (see :meth:`TasksServicer._process`)."""
+    return task_pb2.Process(
+        id=process_id,
+        pid=state.pid,
+        status=state.status,  # type: ignore[arg-type]
+        stdin=state.stdio.stdin,
+        stdout=state.stdio.stdout,
+        stderr=state.stdio.stderr,
+        terminal=state.stdio.terminal,
+        exit_status=state.exit_status,
+        exited_at=_exited_at(state.exited_at_ns),
+    )
+
+
+def _tombstone(task: Task) -> task_pb2.Process:
+    """The init process of a task whose shim is gone: stopped, with the exit kept for it."""
+    assert task.dead is not None
+    return task_pb2.Process(
+        id=task.id, pid=task.dead.pid, status=task_pb2.STOPPED,
+        exit_status=task.dead.exit_status, exited_at=_exited_at(task.dead.exited_at_ns),
+    )  # fmt: skip
+
+
 class TasksServicer(api_grpc.TasksServicer):
     def __init__(self, db: Database, containers: ContainerStore, tasks: TaskManager) -> None:
         self.db, self.containers, self.tasks = db, containers, tasks
@@ -73,35 +100,31 @@ class TasksServicer(api_grpc.TasksServicer):
         await self._task(container_id)
         return self.tasks.live(container_id)[1]
 
+    def _known(self, task: Task) -> task_pb2.Process | None:
+        """The task's init process as :meth:`_process` shows it, when that needs no call to
+        its shim (a tombstone, or a state the task manager knows); else None."""
+        if task.client is None:
+            return _tombstone(task)
+        state = self.tasks.known_state(task)
+        return None if state is None else _shown(state, task.id)
+
     async def _process(self, task: Task, exec_id: str = "") -> task_pb2.Process:
-        """A process as Get and List show it: the shim's state, or the tombstone's exit.
+        """A process as Get and List show it: the shim's state (the init process's from
+        memory while nothing can have moved it, see ctrpy.manager.tasks.known), or the
+        tombstone's exit.
 
         As containerd's: ``container_id`` is left empty and ``exited_at`` always set (Go's zero
         time until the process exits); ctrpy's CLI reads neither."""
         if task.client is None:
-            assert task.dead is not None
-            return task_pb2.Process(
-                id=task.id, pid=task.dead.pid, status=task_pb2.STOPPED,
-                exit_status=task.dead.exit_status, exited_at=_exited_at(task.dead.exited_at_ns),
-            )  # fmt: skip
+            return _tombstone(task)
         try:
-            state = await task.client.state(exec_id)
+            state = await self.tasks.state(task, exec_id)
         except DeadlineExceeded as exc:
             if exec_id:
                 raise  # only the shim knows whether that exec process exists
             log.warning("shim not answering; task shown as UNKNOWN", ns=task.namespace, id=task.id, error=exc.message)
             return task_pb2.Process(id=task.id, exited_at=GO_ZERO_TIME)  # containerd's: UNKNOWN, pid 0
-        return task_pb2.Process(
-            id=exec_id or task.id,
-            pid=state.pid,
-            status=state.status,  # type: ignore[arg-type]
-            stdin=state.stdio.stdin,
-            stdout=state.stdio.stdout,
-            stderr=state.stdio.stderr,
-            terminal=state.stdio.terminal,
-            exit_status=state.exit_status,
-            exited_at=_exited_at(state.exited_at_ns),
-        )
+        return _shown(state, exec_id or task.id)
 
     async def Create(self, request: api.CreateTaskRequest, context: object) -> api.CreateTaskResponse:
         if request.HasField("checkpoint") and request.checkpoint.digest:
@@ -136,14 +159,18 @@ class TasksServicer(api_grpc.TasksServicer):
     async def List(self, request: api.ListTasksRequest, context: object) -> api.ListTasksResponse:
         match = filters.parse_all([request.filter] if request.filter else [])
         chosen = [t for t in self.tasks.list() if match.match(filters.adaptor_from_fields({"id": t.id}))]
-        found = await asyncio.gather(*(self._process(task) for task in chosen), return_exceptions=True)
+        # From memory where it can be; the shims of the others are asked all at once.
+        shown = [self._known(task) for task in chosen]
+        asked = [task for task, process in zip(chosen, shown, strict=True) if process is None]
+        answers = iter(await asyncio.gather(*(self._process(task) for task in asked), return_exceptions=True))
         processes = []
-        for process in found:
-            if isinstance(process, CtrpyError):
+        for process in shown:
+            found = process if process is not None else next(answers)
+            if isinstance(found, CtrpyError):
                 continue  # deleted or gone while listing
-            if isinstance(process, BaseException):
-                raise process
-            processes.append(process)
+            if isinstance(found, BaseException):
+                raise found
+            processes.append(found)
         return api.ListTasksResponse(tasks=processes)
 
     async def Kill(self, request: api.KillRequest, context: object) -> empty_pb2.Empty:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import structlog
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 
 from ctrpy import namespaces
 from ctrpy.api.containerd.events import task_pb2 as task_events
@@ -39,17 +40,26 @@ from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.errors import AlreadyExists, CtrpyError, InvalidArgument, NotFound, Unavailable
 from ctrpy.mount import Mount
 from ctrpy.records import AnyValue, Container
+from ctrpy.shim import files
 from ctrpy.shim.files import ExitInfo
 
 from .. import failpoints
 from ..events import Envelope, Exchange
-from ..runtime import Bundle, ShimClient, ShimLauncher, Stdio, recover
+from ..runtime import Bundle, ProcessState, ShimClient, ShimLauncher, Stdio, recover
 from ..runtime.client import RawAny
+from ..timeline import Step, timelines
+from . import known
 
 log = structlog.get_logger(__name__)
 
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+# What the CRI puts on its containers (containerd's keys): the record's kind label, the spec's
+# container type and sandbox id annotations.
+CRI_KIND_LABEL = "io.cri-containerd.kind"
+CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+POD_KINDS = ("sandbox", "container")
 
 
 @dataclass
@@ -67,6 +77,13 @@ class Task:
     deleting: bool = False
     pidfd: int | None = None
     buried: asyncio.Event = field(default_factory=asyncio.Event)
+    pod: str = ""  # the CRI pod whose shim the task may share ("": a shim of its own)
+    runtime_binary: str = ""
+    # The init process's state as its shim last told it, and when: (moves, client.changes) at
+    # the time; ``moves`` counts the events saying it may have moved since (see .known).
+    moves: int = 0
+    state: ProcessState | None = None
+    state_at: tuple[int, int] = (-1, -1)
 
 
 def _spec_bytes(container: Container) -> bytes:
@@ -110,7 +127,12 @@ class TaskManager:
         launcher: ShimLauncher,
         exchange: Exchange,
         runtimes: dict[str, str],
+        *,
+        shim_per_pod: bool = False,
     ) -> None:
+        """``shim_per_pod``: a CRI pod's containers share the shim of its sandbox task
+        (``[cri] shim_per_pod``); every other task gets a shim of its own."""
+        self.shim_per_pod = shim_per_pod
         self.state_dir = state_dir
         self.launcher = launcher
         self.exchange = exchange
@@ -142,6 +164,34 @@ class TaskManager:
     def list(self) -> list[Task]:
         namespace = namespaces.require()
         return [task for (ns, _), task in sorted(self._tasks.items()) if ns == namespace]
+
+    # --- state ----------------------------------------------------------------------------
+
+    def known_state(self, task: Task) -> ProcessState | None:
+        """The init process's state without asking its shim, when nothing can have moved it
+        since the shim last told it and the shim can answer (see :mod:`.known`); else None."""
+        client = task.client
+        if client is None or task.state is None or task.state_at != (task.moves, client.changes):
+            return None
+        if not known.shim_can_answer(client.shim_pid):
+            return None  # stopped or stuck: only a call says whether it answers (UNKNOWN if not)
+        return task.state
+
+    async def state(self, task: Task, exec_id: str = "") -> ProcessState:
+        """A live task's process as Get and List show it: the init process from memory when
+        :meth:`known_state` has it, else from the shim within the state deadline (the answer
+        kept unless something that may move the process crossed it)."""
+        client = task.client
+        if client is None:
+            raise NotFound(f"process already finished: task {task.id}")
+        if not exec_id and (found := self.known_state(task)) is not None:
+            return found
+        mark = (task.moves, client.changes)
+        log.debug("state asked of the shim", ns=task.namespace, id=task.id, exec_id=exec_id)
+        state = await client.state(exec_id)
+        if not exec_id and mark == (task.moves, client.changes):
+            task.state, task.state_at = state, mark
+        return state
 
     # --- creation -------------------------------------------------------------------------
 
@@ -176,24 +226,52 @@ class TaskManager:
             if chosen is not None:
                 raw_options = RawAny(chosen.type_url, chosen.value)
             binary = self.runtime_binary(container, raw_options)
+            timelines.begin(namespace, container.id, container.snapshot_key)  # see ..timeline
+            began = time.monotonic_ns()
+            pod = _pod_of(spec) if self.shim_per_pod and container.labels.get(CRI_KIND_LABEL) in POD_KINDS else ""
             bundle = await asyncio.to_thread(Bundle.create, self.state_dir, namespace, container.id, spec)
             failpoints.hit(failpoints.TASKS_CREATE_AFTER_BUNDLE)
+            timelines.add(namespace, container.id, [Step("bundle", began, time.monotonic_ns())])
             client: ShimClient | None = None
+            pid = 0
             try:
-                client = await self.launcher.start_shim(bundle, runtime_binary=binary)
-                pid = await client.create(bundle.path, list(rootfs), stdio, raw_options)
+                if host := self._pod_shim(namespace, pod, binary):
+                    client = self.launcher.join_shim(bundle, *host)
+                    try:
+                        pid = await client.create(bundle.path, list(rootfs), stdio, raw_options)
+                    except Unavailable:  # the pod's shim is exiting or gone: one of its own, then
+                        log.info("pod shim unavailable", id=container.id, pod=pod)
+                        await client.close()
+                        client = None
+                if client is None:
+                    shim_began = time.monotonic_ns()
+                    client = await self.launcher.start_shim(bundle, runtime_binary=binary)
+                    timelines.add(namespace, container.id, [Step("shim start", shim_began, time.monotonic_ns())])
+                    pid = await client.create(bundle.path, list(rootfs), stdio, raw_options)
             except BaseException:
                 await self._discard(bundle, client)
                 raise
-            task = Task(namespace, container.id, bundle, client, stdio=stdio, pid=pid)
+            task = Task(namespace, container.id, bundle, client, stdio=stdio, pid=pid, pod=pod,
+                        runtime_binary=binary)
             self._tasks[key] = task
             self._watch(task)
             return task
         finally:
             self._creating.discard(key)
 
+    def _pod_shim(self, namespace: str, pod: str, binary: str) -> tuple[str, int] | None:
+        """The address and pid of a live shim serving a task of ``pod`` with the same runtime
+        binary (the sandbox's first), or None: the task then gets a shim of its own."""
+        if not pod:
+            return None
+        found = [(t.id != pod, t.client.address, t.client.shim_pid) for t in self._tasks.values()
+                 if t.namespace == namespace and t.pod == pod and t.client is not None
+                 and t.pidfd is not None and t.client.shim_pid and t.runtime_binary == binary]
+        return min(found)[1:] if found else None
+
     async def _discard(self, bundle: Bundle, client: ShimClient | None) -> None:
-        """Undo a failed create: stop the shim, clean the bundle (mounts included)."""
+        """Undo a failed create: stop the shim (or, in a pod's shim, drop the task from it), clean
+        the bundle (mounts included)."""
         if client is not None:
             with contextlib.suppress(CtrpyError):
                 await client.shutdown(now=True)
@@ -219,6 +297,13 @@ class TaskManager:
             except Unavailable:
                 if exec_id:
                     raise
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the caller's own cancellation
+                # Not ours: the shim died, and _shim_died closed its client under the call.
+                if exec_id:
+                    raise Unavailable(f"shim of task {container_id} is gone") from None
         await task.buried.wait()
         assert task.dead is not None
         return task.dead
@@ -228,10 +313,12 @@ class TaskManager:
     async def delete(self, container_id: str) -> ExitInfo:
         """Delete a stopped task; its shim exits and its bundle goes."""
         task = self.get(container_id)
+        began = time.monotonic_ns()
         if task.client is None:
             await task.buried.wait()  # a shim that just died: its cleanup comes first
             assert task.dead is not None
             self._forget(task)
+            timelines.add(task.namespace, task.id, [Step("task delete", began, time.monotonic_ns())])
             self.exchange.publish(
                 task.namespace,
                 "/tasks/delete",
@@ -254,6 +341,7 @@ class TaskManager:
             await task.client.shutdown()
         await task.client.close()
         await asyncio.to_thread(_remove_bundle, task.bundle)
+        timelines.add(task.namespace, task.id, [Step("task delete", began, time.monotonic_ns())])
         return info
 
     def _forget(self, task: Task) -> None:
@@ -323,8 +411,14 @@ class TaskManager:
             )
 
     def _observe(self, envelope: Envelope) -> None:
+        moved = known.moved(envelope)
+        if moved is not None and (task := self._tasks.get((envelope.namespace, moved))) is not None:
+            task.moves += 1  # the state kept for it may be stale: the next Get or List asks
         if envelope.topic == "/tasks/delete" and envelope.event.type_url.endswith("TaskDelete"):
-            deleted = task_events.TaskDelete.FromString(envelope.event.value)
+            try:
+                deleted = task_events.TaskDelete.FromString(envelope.event.value)
+            except DecodeError:  # Publish is open to any client: a malformed event means nothing
+                return
             task = self._tasks.get((envelope.namespace, deleted.container_id))
             if task is not None and task.client is not None and not task.deleting and deleted.pid == task.pid:
                 # Not a delete of ours: one asked of the shim before ctrpyd restarted, which
@@ -333,8 +427,17 @@ class TaskManager:
             return
         if envelope.topic != "/tasks/exit" or not envelope.event.type_url.endswith("TaskExit"):
             return
-        event = task_events.TaskExit.FromString(envelope.event.value)
+        try:
+            event = task_events.TaskExit.FromString(envelope.event.value)
+        except DecodeError:
+            return
         task = self._tasks.get((envelope.namespace, event.container_id))
+        if event.id in ("", event.container_id):
+            # The exit the event reports, on the timeline's clock (the event itself may reach
+            # ctrpyd after the client, released by Wait, has deleted the task).
+            exited_ns = event.exited_at.seconds * 1_000_000_000 + event.exited_at.nanos or time.time_ns()
+            timelines.exited(envelope.namespace, event.container_id,
+                             time.monotonic_ns() - max(0, time.time_ns() - exited_ns))
         if task is not None and event.id in ("", event.container_id):
             task.exit_reported = True
 
@@ -378,7 +481,7 @@ class TaskManager:
         for found in found_shims:
             key = (found.bundle.namespace, found.bundle.id)
             if found.client is not None:
-                await self._adopt(found.bundle, found.client)
+                await self._adopt(found.bundle, found.client, found.state)
             elif found.exit is not None and not found.had_task:
                 log.info("half-created task cleaned up", ns=key[0], id=key[1])
             elif found.exit is not None:
@@ -389,23 +492,20 @@ class TaskManager:
             else:
                 log.error("task left behind", ns=key[0], id=key[1], error=found.error)
 
-    async def _adopt(self, bundle: Bundle, client: ShimClient) -> None:
-        """Take over the task of a live shim found at start-up (see :meth:`recover`)."""
+    async def _adopt(self, bundle: Bundle, client: ShimClient, state: ProcessState | None) -> None:
+        """Take over the task of a live shim found at start-up, given what it answered about the
+        task (None: it holds none; a shim that did not answer counts as dead, see :meth:`recover`)."""
         key = (bundle.namespace, bundle.id)
-        try:
-            state = await client.state(deadline=client.timeouts.call)  # slow is not stuck here
-        except NotFound:
+        if state is None:
             log.info("shim without a task shut down", ns=key[0], id=key[1])
             await self._discard(bundle, client)
             return
-        except CtrpyError as exc:  # it answered Connect, then stopped answering
-            log.warning("shim stopped answering", ns=key[0], id=key[1], error=exc.message)
-            await client.close()
-            task = Task(key[0], key[1], bundle, None, pid=bundle.init_pid() or 0)
-            self._tasks[key] = task
-            await self._clean_after_shim(task)
-            return
         task = Task(key[0], key[1], bundle, client, stdio=state.stdio, pid=state.pid)
+        if self.shim_per_pod:
+            task.pod, task.runtime_binary = _recorded_pod(bundle)
+        # Known from here: nothing moved it since (no event can arrive before ctrpyd serves,
+        # and one that arrives later counts in task.moves).
+        task.state, task.state_at = state, (task.moves, client.changes)
         self._tasks[key] = task
         self._watch(task)
         log.info("task recovered", ns=key[0], id=key[1], pid=state.pid)
@@ -425,6 +525,29 @@ class TaskManager:
 
     def keys(self) -> Iterable[tuple[str, str]]:
         return self._tasks.keys()
+
+    def all(self) -> Sequence[Task]:
+        """Every task of every namespace (tombstones included), for the metrics scrape."""
+        return list(self._tasks.values())
+
+
+def _pod_of(spec: bytes) -> str:
+    """The sandbox id of a CRI container's or sandbox's spec ("" for anything else)."""
+    annotations = json.loads(spec).get("annotations")
+    if not isinstance(annotations, dict) or annotations.get(CONTAINER_TYPE) not in POD_KINDS:
+        return ""
+    pod = annotations.get(SANDBOX_ID)
+    return pod if isinstance(pod, str) else ""
+
+
+def _recorded_pod(bundle: Bundle) -> tuple[str, str]:
+    """The pod and the runtime binary of a task found at start-up, from its bundle."""
+    try:
+        pod = _pod_of((bundle.path / files.CONFIG).read_bytes())
+    except (OSError, ValueError, AttributeError):
+        pod = ""
+    runtime = files.read_runtime(bundle.path)
+    return pod, runtime.binary if runtime else ""
 
 
 def _remove_bundle(bundle: Bundle) -> None:

@@ -86,7 +86,7 @@ class AttachSession:
     async def start(self) -> None:
         """Connect to the shim's attach socket and say what the client wants; FailedPrecondition
         when the container's shim serves no attach (it predates attach, or the task is gone)."""
-        path = attachproto.socket_for(socket_path(self.client.address))
+        path = self.client.attach_socket or attachproto.socket_for(socket_path(self.client.address))
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=attachproto.MAX_FRAME * 2), CONNECT_TIMEOUT)
