@@ -49,7 +49,14 @@ def test_content_ingest_get_label_rm(backend: Backend) -> None:
     assert [digest, "3.146MB"] == next(r for r in mine if r[0] == digest)[:2]
     assert backend.ctrpy("content", "ls", "-q", f"digest=={digest}").stdout.split() == [digest]
 
-    assert backend.ctrpy("content", "rm", digest, digest_of(small)).stdout.split() == [digest, digest_of(small)]
+    removed = backend.ctrpy("content", "rm", digest, digest_of(small)).stdout.split()
+    if backend.kind == "containerd":
+        # ctr's ingest held the small blob by a lease only while it ran: containerd's collector
+        # may have taken it since (it runs after a lease is deleted), and then there is nothing
+        # left to remove.
+        assert removed in ([digest, digest_of(small)], [digest])
+    else:
+        assert removed == [digest, digest_of(small)]
     assert backend.ctrpy("content", "rm", digest).stdout == ""  # already gone: fine, and quiet
     missing = backend.ctrpy("content", "get", digest, check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr

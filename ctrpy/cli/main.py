@@ -8,8 +8,10 @@ prints an aligned table, or JSON with ``--format json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from ctrpy.client import Client, default_address, default_namespace
 from ctrpy.errors import CtrpyError
@@ -71,5 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> NoReturn:
+    """The ``ctrpy`` command: :func:`main`, then out at once. The interpreter's own shutdown is
+    skipped: grpc's can hang on a stream thread still inside the C core after a failed call
+    (seen under load after a failed pull had printed its error), and a command that has said
+    what it had to say must end."""
+    code = main()  # argparse's SystemExit (--help, usage errors) leaves the normal way
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe (| head): nothing more can be said anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
