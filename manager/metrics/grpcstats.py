@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.protobuf import descriptor_pool
 
+from ..services.edge import WrappingInterceptor
+
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -216,30 +218,13 @@ def _wrap_streaming(stats: MethodStats, inner: Callable[..., Any], streaming_req
     return handler
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts every call into :class:`GrpcStats`. It goes first in the chain, outside the
     edge, so it sees the status code the edge translated an error into."""
 
     def __init__(self, stats: GrpcStats) -> None:
+        super().__init__()
         self._stats = stats
-        # As the edge does: grpc hands out one handler per method; wrap each once.
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         kwargs = {

@@ -180,12 +180,13 @@ def _wrap_streaming(
     return handler
 
 
-class EdgeInterceptor(grpc.aio.ServerInterceptor):
-    """Namespace, lease, logging context and error translation for every call."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each method's handler (:meth:`_wrap`), once per method: grpc
+    hands out the same handler for a method every time, so it is not wrapped on every call.
+    The edge, the metrics and the tracing interceptors are all of this kind."""
 
     def __init__(self) -> None:
-        # method -> (grpc's handler, ours wrapping it): grpc hands out the same handler for a
-        # method every time, so each is wrapped once rather than on every call.
+        # method -> (grpc's handler, ours wrapping it)
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -204,8 +205,14 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    @staticmethod
-    def _wrap(method: str, handler: Handler) -> Handler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        raise NotImplementedError
+
+
+class EdgeInterceptor(WrappingInterceptor):
+    """Namespace, lease, logging context and error translation for every call."""
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         kwargs = {
             "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,

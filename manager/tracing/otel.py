@@ -49,6 +49,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ctrpy import namespaces
 from ctrpy.shim import steps as shim_steps
 
+from ..services.edge import WrappingInterceptor
+
 if TYPE_CHECKING:
     from ctrpy.manager.config import TracingConfig
 
@@ -332,28 +334,12 @@ def _status_code(context: Context, error: BaseException | None) -> grpc.StatusCo
     return grpc.StatusCode.UNKNOWN
 
 
-class _ServerInterceptor(grpc.aio.ServerInterceptor):
+class _ServerInterceptor(WrappingInterceptor):
     """A SERVER span per RPC (see the module docstring)."""
 
     def __init__(self, tracing: Tracing) -> None:
+        super().__init__()
         self._tracing = tracing
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         kwargs = {"request_deserializer": handler.request_deserializer,
