@@ -22,6 +22,7 @@ from . import (
     cases_scale,
     cases_storm,
     cases_throughput,
+    cases_timeline,
 )
 from .harness import Daemons, Measurement, Settings, daemons, progress
 from .report import write_report
@@ -40,6 +41,8 @@ CASES: dict[str, Case] = {
     "storm": cases_storm.pod_storm,
     "scale": cases_scale.scale,
     "metrics": cases_metrics.metrics,
+    "tracing": cases_metrics.tracing_latency,
+    "timeline": cases_timeline.timeline,
 }
 
 

@@ -1,9 +1,12 @@
-"""The cost of watching: run latency with ``[metrics]`` on and off, and what one scrape costs.
+"""The cost of watching: run latency with ``[metrics]`` (and ``[tracing]``) on and off, and one scrape.
 
 - ``ctr run --rm busybox true`` against the bench's ctrpyd (metrics off) and against a second
   ctrpyd with ``[metrics] address`` and ``grpc_histogram`` on, scraped every second meanwhile
   (Prometheus' usual interval is 15 s: this is the harsher case), alternating, ``s.runs`` each.
   Both columns are ctrpyd: the report's "containerd" column holds the metrics-off runs here.
+- (the ``tracing`` case, :func:`tracing_latency`) ``ctr run --rm`` latency, daemon CPU time and
+  RSS on two fresh ctrpyd, one with ``[tracing]`` exporting every span (sampling 1.0) to an
+  OTLP/gRPC collector this process serves on loopback, one without, alternating.
 - One scrape's rendering with ``SYNTHETIC`` containers: that many empty cgroups made in every v1
   hierarchy, read and rendered by the same code the daemon's metrics thread runs, in this
   process (the HTTP hop is left out; it adds a loopback copy of the text).
@@ -24,10 +27,13 @@ from ctrpy.manager.metrics import cgroups, render
 from ctrpy.manager.metrics.daemon import DaemonFigures, GcFigures
 from tests.support.containerd import run_ctr
 from tests.support.ctrpyd import Daemon
+from tests.support.otlp import otlp_collector
 
 from .harness import BUSYBOX, Daemons, Measurement, Settings, progress
+from .procs import smaps
 
 CASE = "metrics on vs off"
+CASE_TRACING = "tracing on vs off"
 SYNTHETIC = 500
 SCRAPE_INTERVAL = 1.0
 
@@ -85,6 +91,65 @@ def run_latency(d: Daemons, s: Settings) -> list[Measurement]:
         metered.cleanup()
     progress("metrics on/off done")
     return [wall, scrapes]
+
+
+def _cpu_ms(daemon: Daemon) -> float:
+    """User + system CPU time of the daemon process so far, in ms (its threads, not children)."""
+    assert daemon.process is not None
+    fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def tracing_latency(d: Daemons, s: Settings) -> list[Measurement]:
+    """``ctr run --rm`` on two fresh ctrpyd, one with ``[tracing]`` (sampling 1.0, every span
+    exported by OTLP/gRPC to a collector served here on loopback) and one without, alternating;
+    then each daemon's RSS after the same runs."""
+    wall = Measurement(CASE_TRACING, "ctr run --rm busybox true (containerd column: tracing off; ctrpyd: on)", "ms",
+                       note="both columns are fresh ctrpyd with the same runs")
+    rss = Measurement(CASE_TRACING, "daemon RSS after the runs (containerd column: tracing off; ctrpyd: on)", "MiB")
+    cpu = Measurement(CASE_TRACING, "daemon CPU time per run (containerd column: tracing off; ctrpyd: on)", "ms",
+                      note="user + system time of the ctrpyd process alone (less noisy than latency under load)")
+    spans = Measurement(CASE_TRACING, "spans the collector received", "spans",
+                        note="from the image import, the warm-up and the runs")
+    with otlp_collector(keep=False) as (receiver, port), contextlib.ExitStack() as stack:
+        started: dict[str, Daemon] = {}
+        d.busybox()
+        # column -> ctr run flags that keep FIFOs and runc state apart, and a container id prefix
+        flags: dict[str, tuple[list[str], str]] = {}
+        for which, letter, text in (("containerd", "u", ""),
+                                    ("ctrpyd", "t",
+                                     f'[tracing]\nendpoint = "http://127.0.0.1:{port}"\nsampling_ratio = 1.0\n')):
+            name = f"ctrpyd-tracing-{letter}"
+            flags[which] = (["--fifo-dir", str(d.work / f"fifo-{letter}"), "--runc-root", str(d.work / f"runc-{letter}")],
+                            f"tr{letter}")
+            daemon = started[which] = Daemon(base=d.work / name)
+            stack.callback(daemon.cleanup)  # registered before it starts
+            daemon.base.mkdir(parents=True, exist_ok=True)
+            (daemon.base / "ctrpyd.toml").write_text(text)
+            daemon.extra_args = ("--config", str(daemon.base / "ctrpyd.toml"), "--log-level", "info")
+            daemon.start()
+            run_ctr(str(daemon.address), "images", "import", str(d.work / "busybox.tar"), namespace=d.namespace,
+                    check=True)
+        for which, daemon in started.items():  # warm-up
+            run_ctr(str(daemon.address), "run", "--rm", *flags[which][0], BUSYBOX, f"{flags[which][1]}-warm", "true",
+                    namespace=d.namespace, check=True)
+        cpu_before = {which: _cpu_ms(daemon) for which, daemon in started.items()}
+        for number in range(s.runs):
+            for which in (("containerd", "ctrpyd") if number % 2 == 0 else ("ctrpyd", "containerd")):
+                start = time.perf_counter()
+                run_ctr(str(started[which].address), "run", "--rm", *flags[which][0], BUSYBOX,
+                        f"{flags[which][1]}-{number}", "true", namespace=d.namespace, check=True)
+                getattr(wall, which).append((time.perf_counter() - start) * 1000)
+        for which, daemon in started.items():
+            assert daemon.process is not None
+            getattr(rss, which).append(smaps(daemon.process.pid).get("Rss", 0) / 1024)
+            getattr(cpu, which).append((_cpu_ms(daemon) - cpu_before[which]) / max(s.runs, 1))
+        traced = started["ctrpyd"]
+        traced.stop()  # flushes the exporter
+        with receiver.lock:
+            spans.ctrpyd.append(receiver.count)
+    progress("tracing on/off done")
+    return [wall, cpu, rss, spans]
 
 
 def synthetic_scrape(d: Daemons, s: Settings) -> list[Measurement]:

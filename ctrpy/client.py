@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from ctrpy import errors, namespaces
+from ctrpy import clientstart, errors, namespaces
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2_grpc
 from ctrpy.api.containerd.services.content.v1 import content_pb2_grpc
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2_grpc
@@ -82,6 +82,8 @@ class Client:
         self.tasks = tasks_pb2_grpc.TasksStub(self.channel)
         # The lease that calls are made under (the containerd-lease header), set by lease().
         self.lease_id: str | None = None
+        # Sent once, with the next unary call, when set: see ctrpy.clientstart (ctrpy run sets it).
+        self.process_start_ns: int | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -91,8 +93,12 @@ class Client:
 
     def call(self, method: Callable[..., R], request: Any, **kwargs: Any) -> R:
         """Make a unary call; a failure raises the matching :class:`ctrpy.errors.CtrpyError`."""
+        metadata = self.metadata
+        if self.process_start_ns is not None:
+            metadata += ((clientstart.HEADER, str(self.process_start_ns)),)
+            self.process_start_ns = None
         try:
-            return method(request, metadata=self.metadata, timeout=self.timeout, **kwargs)
+            return method(request, metadata=metadata, timeout=self.timeout, **kwargs)
         except grpc.RpcError as exc:
             raise errors.from_grpc(exc) from None
 

@@ -13,16 +13,13 @@ import asyncio
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ctrpy.errors import InvalidArgument
@@ -35,6 +32,7 @@ from ctrpy.manager.tracing.otel import Tracing
 from ctrpy.manager.transfer.pull import Puller
 from ctrpy.testimage import busybox_image, write_oci_layout_tar
 from tests.support.ctrpyd import Daemon
+from tests.support.otlp import Collector, otlp_collector
 
 IMAGE = "docker.io/library/busybox:latest"
 TASKS = "containerd.services.tasks.v1.Tasks"
@@ -180,39 +178,17 @@ def test_failed_creates_leave_no_session_and_keep_the_existing_one() -> None:
 # --- a real ctrpyd and a collector on loopback ------------------------------------------------
 
 
-class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver that keeps every span it is sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.lock = threading.Lock()
-
-    def Export(self, request: Any, context: Any) -> Any:
-        with self.lock:
-            for resource_spans in request.resource_spans:
-                for scope_spans in resource_spans.scope_spans:
-                    self.spans.extend(scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[_Collector, int]]:
-    receiver = _Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield receiver, port
-    finally:
-        server.stop(None)
+def collector() -> Iterator[tuple[Collector, int]]:
+    with otlp_collector() as served:
+        yield served
 
 
 def _attributes(span: Any) -> dict[str, Any]:
     return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
 
 
-def test_one_ctr_run_is_one_trace_with_rpc_shim_and_runc_spans(collector: tuple[_Collector, int]) -> None:
+def test_one_ctr_run_is_one_trace_with_rpc_shim_and_runc_spans(collector: tuple[Collector, int]) -> None:
     receiver, port = collector
     daemon = Daemon()
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from ctrpy import errors
+from ctrpy import clientstart, errors
 from ctrpy.client import Client
 from ctrpy.oci import (
     DEFAULT_RUNTIME,
@@ -100,6 +100,7 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if args.rm and args.detach:
         raise errors.InvalidArgument("flags --detach and --rm cannot be specified together")
     config = container_config(args)
+    client.process_start_ns = clientstart.process_start_ns()  # for the timeline: its first call says it
     options = IOOptions(null_io=args.null_io, log_uri=args.log_uri, fifo_dir=args.fifo_dir)
     container = create_container(client, config)
     try:

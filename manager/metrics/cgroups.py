@@ -13,6 +13,9 @@ asks.
 :data:`METRICS` says each metric's help, extra label names and type. The memory.stat values are
 reported under containerd's names (``container_memory_pgfault_bytes`` and all: containerd gives
 them the bytes unit). A cgroup that is gone (the task stopped) yields nothing.
+
+On a unified host (``/sys/fs/cgroup`` is cgroup2) :func:`read` hands over to :mod:`.cgroups2`,
+which serves containerd's v2 series instead (:attr:`Hierarchies.metrics` says which table).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 GAUGE, COUNTER = "gauge", "counter"
+#: Where a unified (cgroup v2 only) host mounts its one hierarchy.
+UNIFIED_MOUNT = "/sys/fs/cgroup"
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,20 @@ class Hierarchies:
     #: Memory entries whose files this kernel has (memsw only with swap accounting).
     memory_entries: tuple[str, ...]
     clock_ticks: int
+    #: The cgroup2 mount when /sys/fs/cgroup is one (a unified host): :mod:`.cgroups2` reads then.
+    unified: str | None = None
 
     @classmethod
     def find(cls, mountinfo: str = "/proc/self/mountinfo") -> Hierarchies:
         mounts: dict[str, str] = {}
+        unified = None
         try:
             with open(mountinfo, encoding="utf-8") as table:
                 for line in table:
                     left, _, right = line.partition(" - ")
                     fields = right.split()
+                    if fields and fields[0] == "cgroup2" and left.split()[4] == UNIFIED_MOUNT:
+                        unified = UNIFIED_MOUNT
                     if len(fields) >= 3 and fields[0] == "cgroup":
                         for option in fields[2].split(","):
                             mounts.setdefault(option, left.split()[4])
@@ -123,12 +133,19 @@ class Hierarchies:
         entries = tuple(name for name, (infix, _) in _MEMORY_ENTRIES.items()
                         if memory is not None and os.path.exists(os.path.join(memory, f"memory.{infix}usage_in_bytes")))
         return cls(mounts.get("cpuacct"), mounts.get("cpu"), memory, mounts.get("pids"), mounts.get("blkio"),
-                   entries, os.sysconf("SC_CLK_TCK"))
+                   entries, os.sysconf("SC_CLK_TCK"), unified)
 
     @property
     def usable(self) -> bool:
-        """Whether this is a cgroup v1 (or hybrid) host with the controllers that matter."""
-        return self.cpuacct is not None and self.memory is not None
+        """Whether this is a cgroup v2 host, or a v1 (or hybrid) one with the controllers that matter."""
+        return self.unified is not None or (self.cpuacct is not None and self.memory is not None)
+
+    @property
+    def metrics(self) -> Mapping[str, Metric]:
+        """The per-container metrics of this host's cgroup version: name -> what it is."""
+        from . import cgroups2  # it builds on this module
+
+        return cgroups2.METRICS if self.unified is not None else METRICS
 
 
 def _read(directory: str, name: str) -> str:
@@ -198,6 +215,10 @@ def read(where: Hierarchies, path: str, names: Mapping[tuple[int, int], str]) ->
     the cgroup is gone (its cpuacct.usage or memory.stat cannot be read); any other file a
     kernel lacks counts as zero or is left out, as containerd's cgroups library does."""
     relative = path.strip("/")
+    if where.unified is not None:
+        from . import cgroups2  # it builds on this module
+
+        return cgroups2.read(os.path.join(where.unified, relative))
     samples: Samples = {}
     assert where.cpuacct is not None and where.memory is not None
     cpuacct = os.path.join(where.cpuacct, relative)
@@ -250,16 +271,20 @@ def _read_blkio(samples: Samples, directory: str, names: Mapping[tuple[int, int]
 
 def cgroup_of_pid(pid: int) -> str | None:
     """The cgroup path of ``pid`` in the v1 memory hierarchy (runc puts a container at one
-    path in every hierarchy), or None when the process is gone."""
+    path in every hierarchy), else its cgroup v2 path (the ``0::`` line), or None when the
+    process is gone."""
+    unified = None
     try:
         with open(f"/proc/{pid}/cgroup", encoding="utf-8") as table:
             for line in table:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
+                number, controllers, path = line.rstrip("\n").split(":", 2)
                 if "memory" in controllers.split(","):
                     return path
+                if number == "0" and not controllers:
+                    unified = path
     except (OSError, ValueError):
         return None
-    return None
+    return unified
 
 
 def cgroup_from_spec(spec: Mapping[str, object]) -> str | None:

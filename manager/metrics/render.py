@@ -108,7 +108,7 @@ def container_text(containers: Sequence[Container], where: cgroups.Hierarchies) 
         base = f'container_id="{_escaped(key.id)}",namespace="{_escaped(key.namespace)}"'
         with_runtime = f'{base},runtime="{_escaped(key.runtime)}"'
         for name, values in samples.items():
-            metric = cgroups.METRICS.get(name)
+            metric = where.metrics.get(name)
             if metric is None or not values:
                 continue
             prefix = with_runtime if metric.runtime_label else base
@@ -118,7 +118,7 @@ def container_text(containers: Sequence[Container], where: cgroups.Hierarchies) 
                 out.append(f"{name}{{{labels}}} {_number(number)}\n")
     text = []
     for name, found in lines.items():
-        metric = cgroups.METRICS[name]
+        metric = where.metrics[name]
         text.append(f"# HELP {name} {metric.help}\n# TYPE {name} {metric.type}\n")
         text.extend(found)
     return "".join(text)

@@ -106,7 +106,8 @@ class MetricsService:
         except OSError as exc:
             raise Unavailable(f"metrics address {self.address}: {exc.strerror or exc}") from None
         self.exchange.observers.append(self.states.observe)
-        log.info("serving metrics", address=self.address, path=PATH, cgroup_v1=self.where.usable)
+        log.info("serving metrics", address=self.address, path=PATH, cgroup_v1=self.where.usable and self.where.unified is None,
+                 cgroup_v2=self.where.unified is not None)
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):

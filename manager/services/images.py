@@ -6,9 +6,11 @@ gone when it returns (as containerd does).
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf import empty_pb2
 
-from ctrpy import namespaces
+from ctrpy import clientstart, namespaces
 from ctrpy.api.containerd.events import image_pb2 as events_pb2
 from ctrpy.api.containerd.services.images.v1 import images_pb2 as api
 from ctrpy.api.containerd.services.images.v1 import images_pb2_grpc as api_grpc
@@ -16,6 +18,7 @@ from ctrpy.manager.events import Exchange
 from ctrpy.manager.gc import GcTrigger
 from ctrpy.manager.metadata.db import Database
 from ctrpy.manager.metadata.images import ImageStore
+from ctrpy.manager.timeline import timelines
 
 from . import convert
 
@@ -25,7 +28,10 @@ class ImagesServicer(api_grpc.ImagesServicer):
         self.db, self.store, self.events, self.gc = db, store, events, gc
 
     async def Get(self, request: api.GetImageRequest, context: object) -> api.GetImageResponse:
+        began = time.monotonic_ns()
         image = await self.db.run(self.store.get, request.name)
+        timelines.image_got(namespaces.require(), request.name, began, time.monotonic_ns(),  # ctr run's first call
+                            clientstart.from_context(context))
         return api.GetImageResponse(image=convert.image_to_proto(image))
 
     async def List(self, request: api.ListImagesRequest, context: object) -> api.ListImagesResponse:

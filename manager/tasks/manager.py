@@ -226,7 +226,7 @@ class TaskManager:
             if chosen is not None:
                 raw_options = RawAny(chosen.type_url, chosen.value)
             binary = self.runtime_binary(container, raw_options)
-            timelines.begin(namespace, container.id, container.snapshot_key)  # see ..timeline
+            timelines.begin(namespace, container.id, container.snapshot_key, container.image)  # see ..timeline
             began = time.monotonic_ns()
             pod = _pod_of(spec) if self.shim_per_pod and container.labels.get(CRI_KIND_LABEL) in POD_KINDS else ""
             bundle = await asyncio.to_thread(Bundle.create, self.state_dir, namespace, container.id, spec)
