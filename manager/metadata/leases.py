@@ -47,7 +47,13 @@ def validate_lease_id(lease_id: str) -> str:
 
 def validate_resource(resource: LeaseResource) -> None:
     """containerd's checks, in its order: the type first (a type it does not know is
-    UNIMPLEMENTED), then the id (a content id must be a digest)."""
+    UNIMPLEMENTED, a known one with the wrong number of ``/`` parts INVALID_ARGUMENT), then the
+    id (a content id must be a digest)."""
+    parts = resource.type.split("/")
+    if parts[0] in _RESOURCE_TYPES and len(parts) != 1:
+        raise InvalidArgument(f"invalid resource type {resource.type}")
+    if parts[0] == _SNAPSHOT_PREFIX.rstrip("/") and len(parts) != 2:
+        raise InvalidArgument(f"invalid snapshot resource type {resource.type}")
     if resource.type not in _RESOURCE_TYPES and not resource.type.startswith(_SNAPSHOT_PREFIX):
         raise errors.NotImplemented(f"resource type {resource.type} not supported yet")
     if resource.type == "content":

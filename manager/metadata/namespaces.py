@@ -70,8 +70,11 @@ class NamespaceStore:
             try:
                 conn.execute(
                     "INSERT INTO namespaces (name, labels, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                    # Stored as given, empty values too (containerd's Create puts every label).
-                    (namespace.name, dump_labels(namespace.labels), stamp, stamp),
+                    # containerd's Create puts every label, then sets each again, and setting
+                    # an empty value deletes it: only labels with a value are kept (the reply
+                    # and the event still carry the request's labels, as containerd's).
+                    (namespace.name, dump_labels({k: v for k, v in namespace.labels.items() if v}),
+                     stamp, stamp),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f'namespace "{namespace.name}"') from None
@@ -83,9 +86,15 @@ class NamespaceStore:
         label, an empty value removes it); no mask clears every label, then sets the
         request's. Setting any label creates a namespace that does not exist yet."""
         identifiers.validate(namespace.name)
-        for path in paths:  # "labels." (an empty key) too, as containerd
+        # containerd sets the paths' labels one by one in the mask's order and stops at the
+        # first it cannot: a bad label before a bad path is the error ("labels." is an empty
+        # key; an empty key with an empty value only deletes nothing).
+        for path in paths:
             if not path.startswith("labels."):
                 raise InvalidArgument(f"cannot update {json.dumps(path, ensure_ascii=False)} field")
+            key = path[len("labels."):]
+            if key or namespace.labels.get(key, ""):
+                validate_labels({key: namespace.labels.get(key, "")})
         with self.db.transaction() as conn:
             try:
                 current = dict(self._row(conn, namespace.name).labels)
@@ -112,7 +121,8 @@ class NamespaceStore:
         return Namespace(name=namespace.name, labels=freeze(labels))
 
     def delete(self, name: str) -> None:
-        identifiers.validate(name)
+        # Not validated, as containerd: a name that could never be created (an empty one too)
+        # is simply not found.
         with self.db.transaction() as conn:
             self._row(conn, name)
             in_use = [

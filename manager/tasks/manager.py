@@ -438,7 +438,7 @@ class TaskManager:
             exited_ns = event.exited_at.seconds * 1_000_000_000 + event.exited_at.nanos or time.time_ns()
             timelines.exited(envelope.namespace, event.container_id,
                              time.monotonic_ns() - max(0, time.time_ns() - exited_ns))
-        if task is not None and event.id in ("", event.container_id):
+        if task is not None and event.id in ("", event.container_id) and _reported_by_shim(task, event):
             task.exit_reported = True
 
     async def _deleted_by_shim(self, task: Task, client: ShimClient) -> None:
@@ -553,6 +553,20 @@ def _recorded_pod(bundle: Bundle) -> tuple[str, str]:
 def _remove_bundle(bundle: Bundle) -> None:
     with contextlib.suppress(FileNotFoundError):
         bundle.remove()
+
+
+def _reported_by_shim(task: Task, event: task_events.TaskExit) -> bool:
+    """Whether a /tasks/exit event is the shim's own report of the task's exit.
+
+    Events.Publish is open to every client, and an exit marked reported is not published
+    again when the shim dies: a forged event would hide the real exit. The shim writes the
+    exit to the bundle's ``exit`` file before it publishes it, and no client can know the
+    exit's time to the nanosecond before it happens: the event must match that file.
+    """
+    info = task.bundle.exit()
+    exited_ns = event.exited_at.seconds * 1_000_000_000 + event.exited_at.nanos
+    return (info is not None and info.pid == event.pid and info.exit_status == event.exit_status
+            and info.exited_at_ns == exited_ns)
 
 
 def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
