@@ -68,8 +68,11 @@ def one_round(client: Client, ids: list[str]) -> dict[str, float]:
 
 def metadata(d: Daemons, s: Settings) -> list[Measurement]:
     n = s.metadata
+    # Issue 13's targets: Get is held to 0.65, the rate of grpc.aio's per-call floor.
+    floors = {"Get": 0.65}
     rates = {
-        name: Measurement(CASE, f"Containers.{name}{suffix}", "calls/s", target=Target(1.0, higher_is_better=True))
+        name: Measurement(CASE, f"Containers.{name}{suffix}", "calls/s",
+                          target=Target(floors.get(name, 1.0), higher_is_better=True))
         for name, suffix in (("Create", ""), ("Get", ""), ("List", f" of {n:,}"), ("Delete", ""))
     }
     for number in range(s.rounds):
