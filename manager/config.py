@@ -62,6 +62,8 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     image_pull_progress_timeout = "5m"    # a pull that makes no progress this long is cancelled
     stats_collect_period = 10        # seconds between snapshot usage samples (ImageFsInfo)
     shim_per_pod = true              # a pod's containers share its sandbox's shim (false: one each)
+    unclaimed_timeout = 120.0        # seconds a pod or container made after its caller gave up waits
+                                     #   for a retry to claim it, then it is removed
 
     [metrics]                        # Prometheus metrics over HTTP, as containerd's [metrics]
     address = ""                     # "127.0.0.1:1338" serves /v1/metrics there (empty: off)
@@ -174,13 +176,16 @@ class CriConfig:
     # The tasks of a pod's containers go to the shim of its sandbox (pause) task, as containerd's
     # runc v2 shim groups them; false: one shim per container, as for every other task.
     shim_per_pod: bool = True
+    # A RunPodSandbox or CreateContainer that ends after its caller gave up (its deadline
+    # passed) is kept this long for the retry, then removed (see :mod:`ctrpy.manager.cri.creations`).
+    unclaimed_timeout: float = 120.0
 
 
 _CRI_KEYS: dict[str, type] = {
     "enabled": bool, "sandbox_image": str, "cni_conf_dir": str, "cni_bin_dirs": list,
     "registry_config_path": str, "cgroup_driver": str, "stream_server_address": str,
     "stream_server_port": str, "max_container_log_line_size": int, "image_pull_progress_timeout": str,
-    "stats_collect_period": int, "shim_per_pod": bool,
+    "stats_collect_period": int, "shim_per_pod": bool, "unclaimed_timeout": float,
 }  # fmt: skip
 CGROUP_DRIVERS = ("cgroupfs",)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
@@ -201,6 +206,8 @@ def duration_seconds(text: str) -> float:
 def _parse_cri(table: dict[str, Any], base: CriConfig) -> CriConfig:
     if unknown := set(table) - set(_CRI_KEYS):
         raise InvalidArgument(f"config: unknown keys in [cri]: {sorted(unknown)}")
+    if "unclaimed_timeout" in table:  # seconds: a whole number too, never 0 or less
+        table = {**table, "unclaimed_timeout": _seconds(table, "unclaimed_timeout", "cri.")}
     values: dict[str, Any] = {key: _expect(table, key, kind, "cri.") for key, kind in _CRI_KEYS.items()
                               if key in table}
     if "cni_bin_dirs" in values:
@@ -534,6 +541,7 @@ def render(config: Config) -> str:
         f"image_pull_progress_timeout = {q(cri.image_pull_progress_timeout)}",
         f"stats_collect_period = {cri.stats_collect_period}",
         f"shim_per_pod = {'true' if cri.shim_per_pod else 'false'}",
+        f"unclaimed_timeout = {cri.unclaimed_timeout!r}",
     ]  # fmt: skip
     lines += ["", "[metrics]", f"address = {q(config.metrics.address)}",
               f"grpc_histogram = {'true' if config.metrics.grpc_histogram else 'false'}"]

@@ -277,6 +277,7 @@ async def start_containers(
         root=str(config.root), state=str(config.state), db=db, containers=containers, snapshots=snapshots,
         snapshotter=config.default_snapshotter, tasks=tasks, exchange=exchange, sandboxes=sandboxes.sandboxes,
         images=images, max_log_line_size=config.cri.max_container_log_line_size,
+        unclaimed_timeout=config.cri.unclaimed_timeout,
     )  # fmt: skip
     await manager.recover()
     snapshot_root = os.path.join(str(config.root), "snapshots", config.default_snapshotter)

@@ -70,7 +70,7 @@ from ..runtime.bundle import Bundle
 from ..tasks.manager import TaskManager
 from . import containerspec, userns
 from .container_store import CREATED, CREATING, EXITED, RUNNING, ContainerRecord, ContainerStore
-from .creations import Creations
+from .creations import UNCLAIMED_TTL, Creations
 from .sandbox_store import READY, SandboxRecord
 from .sandboxes import NAMESPACE, Sandboxes
 from .steptimes import StepTimes
@@ -144,6 +144,7 @@ class Containers:
         sandboxes: Sandboxes,
         images: Callable[[], Awaitable[CriImages]],
         max_log_line_size: int,
+        unclaimed_timeout: float = UNCLAIMED_TTL,
     ) -> None:
         self.store = ContainerStore.under(root)
         self.state = state
@@ -159,7 +160,8 @@ class Containers:
         self._exit_seen: dict[str, asyncio.Event] = {}
         self._oom: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._creations = Creations("container", lambda gone: self._spawn(self._remove_quietly(gone)))
+        self._creations = Creations("container", lambda gone: self._spawn(self._remove_quietly(gone)),
+                                    ttl=unclaimed_timeout)
 
     def attach(self) -> None:
         """Hook into the event exchange and the sandboxes (once, after :meth:`recover`)."""

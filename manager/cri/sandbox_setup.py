@@ -92,6 +92,7 @@ async def start_sandboxes(
         root=str(config.root), state=str(config.state), db=db, containers=containers, snapshots=snapshots,
         snapshotter=config.default_snapshotter, tasks=tasks, exchange=exchange, cni=cni,
         image=image_provider(config, images, snapshots), runtimes=config.runtimes,
+        unclaimed_timeout=cri.unclaimed_timeout,
     )  # fmt: skip
     await sandboxes.reconcile()
     return SandboxCalls(sandboxes)

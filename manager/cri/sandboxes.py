@@ -43,6 +43,7 @@ from typing import Any
 
 import structlog
 
+from ctrpy import namespaces
 from ctrpy.api.containerd.events import container_pb2 as container_events
 from ctrpy.api.containerd.events import snapshot_pb2 as snapshot_events
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
@@ -62,6 +63,7 @@ from . import netns as netns_mod
 from . import podspec
 from . import userns as userns_mod
 from .cni import CNI, DnsConfig, PodNetwork, PodRequest, PortMapping
+from .creations import UNCLAIMED_TTL
 from .sandbox_store import CREATING, READY, STOPPED, SandboxRecord, SandboxStore
 from .steptimes import StepTimes
 
@@ -107,6 +109,15 @@ Listener = Callable[[str, str, int], None]
 BeforeStop = Callable[[str], Awaitable[None]]
 
 
+@dataclasses.dataclass
+class _Pending:
+    """A RunPodSandbox in flight: its config, its task, and how many callers wait for it."""
+
+    raw: bytes
+    job: asyncio.Task[str]
+    waiting: int = 0
+
+
 def sandbox_name(meta: api.PodSandboxMetadata) -> str:
     """The reserved name, as containerd makes it: ``<name>_<namespace>_<uid>_<attempt>``."""
     return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
@@ -133,6 +144,7 @@ class Sandboxes:
         cni: CNI,
         image: ImageProvider,
         runtimes: Mapping[str, str],
+        unclaimed_timeout: float = UNCLAIMED_TTL,
     ) -> None:
         self.store = SandboxStore.under(root)
         self.state = state
@@ -143,8 +155,13 @@ class Sandboxes:
         self.runtimes = runtimes
         self.listeners: list[Listener] = []
         self.before_stop: list[BeforeStop] = []
-        self._creating: dict[str, tuple[bytes, asyncio.Task[str]]] = {}
+        self._creating: dict[str, _Pending] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Sandboxes made after every caller gave up, by id: removed when nobody names them
+        # (a retry, or any call with the id) within ``unclaimed_timeout`` seconds.
+        self.unclaimed_timeout = unclaimed_timeout
+        self._unclaimed: dict[str, asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -174,12 +191,20 @@ class Sandboxes:
     def get(self, sandbox_id: str) -> SandboxRecord:
         """The record of ``sandbox_id``, or of the only sandbox whose id starts with it."""
         with contextlib.suppress(NotFound):
-            return self.store.get(sandbox_id)
+            return self._claimed(self.store.get(sandbox_id))
         if sandbox_id:
             found = [r for r in self.store.all() if r.id.startswith(sandbox_id)]
             if len(found) == 1:
-                return found[0]
+                return self._claimed(found[0])
         raise NotFound(f'an error occurred when try to find sandbox "{sandbox_id}"')
+
+    def _claimed(self, record: SandboxRecord) -> SandboxRecord:
+        """A caller named the sandbox: it is no longer unclaimed (see :meth:`_created`)."""
+        expiry = self._unclaimed.pop(record.id, None)
+        if expiry is not None:
+            expiry.cancel()
+            log.info("a caller claimed a sandbox whose RunPodSandbox it had given up on", id=record.id)
+        return record
 
     def list(self) -> list[SandboxRecord]:
         return [r for r in self.store.all() if r.phase != CREATING]
@@ -208,28 +233,66 @@ class Sandboxes:
         raw = _config_bytes(config)
         pending = self._creating.get(name)
         if pending is not None:
-            if pending[0] != raw:
+            if pending.raw != raw:
                 raise AlreadyExists(f'failed to reserve sandbox name "{name}": it is being created')
-            return await asyncio.shield(pending[1])
+            return await self._wait(pending)
         for record in self.store.all():
             if record.name != name:
                 continue
             if record.config == raw and record.phase == READY:
-                return record.id  # a retry of a creation that finished meanwhile
+                return self._claimed(record).id  # a retry of a creation that finished meanwhile
             raise AlreadyExists(f'failed to reserve sandbox name "{name}": name "{name}" is reserved for "{record.id}"')
         sandbox_id = secrets.token_hex(32)
         job = asyncio.get_running_loop().create_task(self._create(sandbox_id, name, config, raw, runtime,
                                                                   runtime_handler))
-        self._creating[name] = (raw, job)
-        job.add_done_callback(lambda done: self._created(name, done))
-        return await asyncio.shield(job)
+        pending = self._creating[name] = _Pending(raw, job)
+        job.add_done_callback(lambda done: self._created(name, pending))
+        return await self._wait(pending)
 
-    def _created(self, name: str, job: asyncio.Task[str]) -> None:
+    @staticmethod
+    async def _wait(pending: _Pending) -> str:
+        pending.waiting += 1
+        try:
+            return await asyncio.shield(pending.job)
+        finally:
+            pending.waiting -= 1
+
+    def _created(self, name: str, pending: _Pending) -> None:
         """A creation ended: free the name for the retry logic; a failure that no caller was
-        left to hear (the kubelet gave up) is already undone, and logged here."""
-        self._creating.pop(name, None)
-        if not job.cancelled() and job.exception() is not None:
+        left to hear (the kubelet gave up) is already undone, and logged here. A sandbox made
+        after every caller gave up is removed unless someone claims it in time: the retry gets
+        its id, but a caller that never comes back must not leave a READY pod (its netns, IP
+        and shim) behind. Runs before any waiter resumes: ``waiting`` counts those still there."""
+        job = pending.job
+        if self._creating.get(name) is pending:
+            del self._creating[name]
+        if job.cancelled():
+            return
+        if job.exception() is not None:
             log.info("RunPodSandbox ended with an error", name=name, error=str(job.exception()))
+            return
+        if pending.waiting == 0:
+            sandbox_id = job.result()
+            loop = asyncio.get_running_loop()
+            self._unclaimed[sandbox_id] = loop.call_later(self.unclaimed_timeout, self._expire, sandbox_id)
+            log.info("a sandbox was made after its caller gave up: kept for the retry", id=sandbox_id,
+                     seconds=self.unclaimed_timeout)
+
+    def _expire(self, sandbox_id: str) -> None:
+        if self._unclaimed.pop(sandbox_id, None) is None:
+            return
+        log.info("removing a sandbox that no caller claimed", id=sandbox_id)
+        job = asyncio.get_running_loop().create_task(self._discard(sandbox_id))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _discard(self, sandbox_id: str) -> None:
+        try:
+            with namespaces.using(NAMESPACE):
+                await self.stop(sandbox_id)
+                await self.remove(sandbox_id)
+        except (CtrpyError, OSError) as exc:
+            log.error("removing an unclaimed sandbox failed", id=sandbox_id, error=str(exc))
 
     def runtime_name(self, handler: str) -> str:
         if not handler or handler == "runc":
@@ -247,6 +310,7 @@ class Sandboxes:
         async with self._lock(sandbox_id):
             record = await self.note(record)
             failpoints.hit(failpoints.SANDBOX_RUN_AFTER_RECORD)
+            await failpoints.stall(failpoints.SANDBOX_RUN_AFTER_RECORD)
             try:
                 record = await self._make(record, config, runtime)
             except BaseException as exc:
