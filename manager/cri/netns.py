@@ -99,8 +99,15 @@ def _pin_on_new_thread(path: str) -> None:
         raise outcome[0]
 
 
-def create(state_dir: str | os.PathLike[str]) -> str:
-    """Create and pin a new network namespace under ``state_dir``; return its path.
+def new_path(state_dir: str | os.PathLike[str]) -> str:
+    """A fresh path for :func:`create`: callers that record the path before the namespace
+    exists (one record write instead of two) take it here."""
+    return os.path.join(netns_dir(state_dir), f"{PREFIX}{uuid.uuid4()}")
+
+
+def create(state_dir: str | os.PathLike[str], path: str | None = None) -> str:
+    """Create and pin a new network namespace under ``state_dir`` (at ``path``, from
+    :func:`new_path`, when given); return its path.
 
     Blocking but short (one thread start and two system calls); call it through
     ``asyncio.to_thread`` from the event loop. Raises :class:`CtrpyError` when the kernel
@@ -108,7 +115,10 @@ def create(state_dir: str | os.PathLike[str]) -> str:
     """
     directory = netns_dir(state_dir)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    path = os.path.join(directory, f"{PREFIX}{uuid.uuid4()}")
+    if path is None:
+        path = new_path(state_dir)
+    elif os.path.dirname(path) != directory or not os.path.basename(path).startswith(PREFIX):
+        raise InvalidArgument(f"{path!r} is not a network namespace path under {directory}")
     # O_EXCL: a name collision must not silently reuse someone else's namespace.
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)

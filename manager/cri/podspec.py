@@ -86,6 +86,15 @@ def hosts_content() -> bytes:
         return b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
+#: The pod's own files, mounted into each of its containers.
+FILE_NAMES = ("hostname", "hosts", "resolv.conf")
+
+
+def file_paths(directory: str) -> dict[str, str]:
+    """Where :func:`write_files` puts the pod's files (known before they are written)."""
+    return {name: os.path.join(directory, name) for name in FILE_NAMES}
+
+
 def write_files(directory: str, config: api.PodSandboxConfig) -> dict[str, str]:
     """Write hostname, hosts and resolv.conf of the pod into ``directory``; return their paths."""
     os.makedirs(directory, mode=0o755, exist_ok=True)

@@ -115,14 +115,16 @@ class RecordDir(Generic[R]):
     def all(self) -> list[R]:
         return sorted(self._cache.values(), key=lambda r: (r.created_at_ns, r.id))
 
-    def put(self, record: R, *, durable: bool = True) -> R:
+    def put(self, record: R, *, durable: bool = True, remember: bool = True) -> R:
         """Write ``record`` durably (temporary file, fsync, rename, fsync of the directory).
 
         ``durable=False`` skips both fsyncs: the record is still whole on disk and survives a
         crash of ctrpyd (what ``write`` returned is in the kernel's cache), only a power cut
         may lose it, leaving the previous version. For the intent steps of a creation whose
         things a reboot removes anyway or the start-up reconcile sweeps without a record.
-        Still blocking: the rename can wait on the journal of a busy disk.
+        Still blocking: the rename can wait on the journal of a busy disk. ``remember=False``
+        leaves the in-memory copy as it was: the caller passes the record to :meth:`cache` once
+        the change it records is complete.
         """
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         tmp = os.path.join(self.directory, f".{record.id}.{os.getpid()}.tmp")
@@ -136,7 +138,8 @@ class RecordDir(Generic[R]):
         os.replace(tmp, self.path(record.id))
         if durable:
             _fsync_dir(self.directory)
-        self._cache[record.id] = record
+        if remember:
+            self._cache[record.id] = record
         return record
 
     def cache(self, record: R) -> R:

@@ -332,16 +332,18 @@ class Sandboxes:
         times = StepTimes("RunPodSandbox")
         image = await self.image()
         times.mark("image")
-        record = await self.note(dataclasses.replace(record, image=image.name, image_id=image.id))
+        record = dataclasses.replace(record, image=image.name, image_id=image.id)
         options = config.linux.security_context.namespace_options
         pod_userns = userns_mod.pod_userns(options)
         if pod_userns is not None:
             await asyncio.to_thread(userns_mod.check_traversable, self.state)
         network: asyncio.Future[PodNetwork] | None = None
         if options.network != api.NODE and pod_userns is None:
-            record = await self.note(record.with_step(STEP_NETNS))
-            path = await asyncio.to_thread(netns_mod.create, self.state)
-            record = await self.note(dataclasses.replace(record, netns=path))
+            # The netns step with its path, in the record before the namespace exists (its
+            # undo, like the start-up sweep, takes a path that was never made in its stride).
+            path = netns_mod.new_path(self.state)
+            record = await self.note(dataclasses.replace(record.with_step(STEP_NETNS), netns=path))
+            await asyncio.to_thread(netns_mod.create, self.state, path)
             times.mark("netns")
             failpoints.hit(failpoints.SANDBOX_RUN_AFTER_NETNS)
             record = await self.note(record.with_step(STEP_CNI))
@@ -384,31 +386,42 @@ class Sandboxes:
     async def _make_task(self, record: SandboxRecord, config: api.PodSandboxConfig, runtime: str,
                          image: SandboxImage, times: StepTimes, pod_userns: userns_mod.PodUserns | None
                          ) -> tuple[SandboxRecord, Task]:
-        """The pod's files and shm, the pause container, its snapshot and its created task."""
+        """The pod's files and shm, the pause container, its snapshot and its created task.
+
+        The files and the shm mount are made beside the container and snapshot records (files
+        on disk, records in the databases: neither waits for the other); the spec needs only
+        their paths. Both steps are in the record before either begins, and each undo is
+        idempotent, so a crash or failure anywhere leaves nothing the undo misses."""
         options = config.linux.security_context.namespace_options
-        files = await asyncio.to_thread(podspec.write_files, self.store.files_dir(record.id), config)
-        shm = ""
-        if options.ipc != api.NODE:
-            shm = self.shm_dir(record.id)
-            record = await self.note(dataclasses.replace(record.with_step(STEP_SHM), shm=shm))
-            await asyncio.to_thread(_mount_shm, shm)
-        times.mark("files_shm")
-        spec = podspec.sandbox_spec(record.id, config, image.config, namespace=NAMESPACE, image=image.name,
-                                    netns=record.netns, files=files, shm=shm,
-                                    userns=pod_userns.oci() if pod_userns is not None else None)
+        files_dir = self.store.files_dir(record.id)
+        files = podspec.file_paths(files_dir)
+        shm = self.shm_dir(record.id) if options.ipc != api.NODE else ""
+        if shm:
+            record = dataclasses.replace(record.with_step(STEP_SHM), shm=shm)
         record = await self.note(record.with_step(STEP_CONTAINER))
-        container = await self.db.run(self.containers.create, self._container(record, config, spec, runtime))
-        times.mark("container")
-        self.exchange.publish(NAMESPACE, "/containers/create", container_events.ContainerCreate(
-            id=container.id, image=container.image,
-            runtime=container_events.ContainerCreate.Runtime(name=container.runtime.name)))
-        record = await self.note(record.with_step(STEP_SNAPSHOT))
-        store = self._snapshot_store(record)
-        mounts, parent = await userns_mod.prepare_rootfs(store, self.db, image.chain_id, pod_userns, record.id,
-                                                         os.path.join(self.state, "cri", "mnt"))
-        self.exchange.publish(NAMESPACE, "/snapshot/prepare", snapshot_events.SnapshotPrepare(
-            key=record.id, parent=parent, snapshotter=store.name))
-        times.mark("snapshot")
+        made = asyncio.ensure_future(times.timed("files_shm", asyncio.to_thread(_write_files, files_dir, config, shm)))
+        try:
+            spec = podspec.sandbox_spec(record.id, config, image.config, namespace=NAMESPACE, image=image.name,
+                                        netns=record.netns, files=files, shm=shm,
+                                        userns=pod_userns.oci() if pod_userns is not None else None)
+            container = await self.db.run(self.containers.create, self._container(record, config, spec, runtime))
+            times.mark("container")
+            self.exchange.publish(NAMESPACE, "/containers/create", container_events.ContainerCreate(
+                id=container.id, image=container.image,
+                runtime=container_events.ContainerCreate.Runtime(name=container.runtime.name)))
+            record = await self.note(record.with_step(STEP_SNAPSHOT))
+            store = self._snapshot_store(record)
+            mounts, parent = await userns_mod.prepare_rootfs(store, self.db, image.chain_id, pod_userns, record.id,
+                                                             os.path.join(self.state, "cri", "mnt"))
+            self.exchange.publish(NAMESPACE, "/snapshot/prepare", snapshot_events.SnapshotPrepare(
+                key=record.id, parent=parent, snapshotter=store.name))
+            times.mark("snapshot")
+        finally:
+            await asyncio.wait([made])  # the undo must not race the writes (nor leave them unretrieved)
+            if not made.cancelled():
+                made.exception()
+        made.result()
+        times.mark("files_shm_wait")
         failpoints.hit(failpoints.SANDBOX_RUN_AFTER_SNAPSHOT)
         record = await self.note(record.with_step(STEP_TASK))
         task = await self.tasks.create(container, mounts, Stdio(), None)
@@ -647,6 +660,13 @@ def _message_json(message: Any) -> str:
     from google.protobuf import json_format
 
     return json_format.MessageToJson(message, preserving_proto_field_name=False, indent=None)
+
+
+def _write_files(directory: str, config: api.PodSandboxConfig, shm: str) -> None:
+    """The pod's hostname, hosts and resolv.conf, and its shm mount when it has one."""
+    podspec.write_files(directory, config)
+    if shm:
+        _mount_shm(shm)
 
 
 def _mount_shm(path: str) -> None:

@@ -25,6 +25,8 @@ from .rows import dump_labels, ensure_namespace, load_labels, now_ns, to_datetim
 __all__ = ["Plan", "SnapshotRow", "SnapshotTables"]
 
 _COLUMNS = "key, backend_key, parent, kind, labels, created_at, updated_at, commit_intent"
+#: Backend key numbers reserved in ``snapshot_sequences`` at a time (see SnapshotTables._reserve).
+NUMBERS_AT_ONCE = 64
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class SnapshotTables:
         self.db = db
         self.snapshotter = snapshotter
         self.resource_type = f"snapshots/{snapshotter}"
+        self._next_number = 1  # the reserved numbers not yet handed out: _next_number.._last_number
+        self._last_number = 0
 
     def _row(self, conn: sqlite3.Connection, namespace: str, key: str) -> SnapshotRow | None:
         row = conn.execute(
@@ -100,12 +104,30 @@ class SnapshotTables:
             raise NotFound(f"snapshot {key} does not exist")  # containerd's words
         return row
 
-    def _backend_key(self, conn: sqlite3.Connection, namespace: str, key: str) -> str:
-        (number,) = conn.execute(
-            "INSERT INTO snapshot_sequences (snapshotter, last) VALUES (?, 1)"
-            " ON CONFLICT (snapshotter) DO UPDATE SET last = last + 1 RETURNING last",
-            (self.snapshotter,),
-        ).fetchone()
+    def _reserve(self) -> None:
+        """Make sure a backend key number is at hand: numbers are reserved in meta.db
+        :data:`NUMBERS_AT_ONCE` at a time, in a transaction of their own, so that taking one is
+        no write and a prepare's first transaction (checks only, then) commits nothing to wait
+        for. Numbers reserved and never handed out (a restart drops them) are skipped: they
+        are never reused, which is all a backend key needs. Called before the caller's own
+        transaction begins, and only trusted once this one has committed."""
+        if self._next_number <= self._last_number:
+            return
+        with self.db.transaction() as conn:
+            (last,) = conn.execute(
+                "INSERT INTO snapshot_sequences (snapshotter, last) VALUES (?, ?)"
+                " ON CONFLICT (snapshotter) DO UPDATE SET last = last + ? RETURNING last",
+                (self.snapshotter, NUMBERS_AT_ONCE, NUMBERS_AT_ONCE),
+            ).fetchone()
+        self._next_number, self._last_number = int(last) - NUMBERS_AT_ONCE + 1, int(last)
+
+    def _backend_key(self, namespace: str, key: str) -> str:
+        """A backend key with a number :meth:`_reserve` put at hand (used up even when the
+        caller's transaction then fails)."""
+        if self._next_number > self._last_number:
+            raise RuntimeError("no backend key number reserved")  # a caller forgot _reserve()
+        number = self._next_number
+        self._next_number += 1
         return f"{namespace}/{number}/{key}"
 
     @staticmethod
@@ -134,6 +156,7 @@ class SnapshotTables:
 
     def plan_create(self, namespace: str, key: str, parent: str, lease: str | None) -> Plan:
         """Check that ``key`` is free and ``parent`` committed; take a backend key."""
+        self._reserve()
         with self.db.transaction() as conn:
             if self._row(conn, namespace, key) is not None:
                 raise AlreadyExists(f'snapshot "{key}"')
@@ -147,7 +170,7 @@ class SnapshotTables:
                 backend_parent = found.backend_key
             if lease and not self._lease_exists(conn, namespace, lease):
                 raise NotFound("lease does not exist")  # containerd's words
-            return Plan(self._backend_key(conn, namespace, key), backend_parent=backend_parent)
+            return Plan(self._backend_key(namespace, key), backend_parent=backend_parent)
 
     def insert(
         self,
@@ -190,6 +213,7 @@ class SnapshotTables:
         self, namespace: str, name: str, key: str, labels: Mapping[str, str], lease: str | None
     ) -> Plan:
         """Check the commit of ``key`` as ``name`` and write its intent on the active row."""
+        self._reserve()
         with self.db.transaction() as conn:
             if self._row(conn, namespace, name) is not None:
                 raise AlreadyExists(f'snapshot "{name}"')
@@ -200,7 +224,7 @@ class SnapshotTables:
                 raise FailedPrecondition(f'snapshot "{key}" is being committed')
             if lease and not self._lease_exists(conn, namespace, lease):
                 raise NotFound("lease does not exist")  # containerd's words
-            backend_name = self._backend_key(conn, namespace, name)
+            backend_name = self._backend_key(namespace, name)
             intent = {"name": name, "backend_key": backend_name, "labels": dict(labels)}
             conn.execute(
                 "UPDATE snapshots SET commit_intent = ? WHERE namespace = ? AND snapshotter = ? AND key = ?",

@@ -133,15 +133,18 @@ class SnapshotStore:
     async def _row(self, key: str) -> SnapshotRow:
         return await self.db.run(self._tables.get, namespaces.require(), key)
 
-    async def _not_taken(self, key: str) -> None:
-        """AlreadyExists when the namespace has a snapshot ``key``."""
-        if not key:
-            return
-        try:
-            await self._row(key)
-        except NotFound:
-            return
-        raise AlreadyExists(f'snapshot "{key}"')
+    def _lookup(self, namespace: str, key: str, parent: str) -> tuple[bool, bool]:
+        """Whether ``key`` is taken and ``parent`` (if any) exists: both in one trip to the
+        database thread (a trip is a thread switch each way, slow on a busy machine)."""
+
+        def exists(name: str) -> bool:
+            try:
+                self._tables.get(namespace, name)
+            except NotFound:
+                return False
+            return True
+
+        return bool(key) and exists(key), not parent or exists(parent)
 
     # --- creating ------------------------------------------------------------------------
 
@@ -164,12 +167,11 @@ class SnapshotStore:
         validate_label_sizes(labels or {})
         lease = namespaces.current_lease.get()
         async with self._lock:  # (the lookups too: a Remove of the parent waits for them)
-            await self._not_taken(key)
-            if parent:
-                try:
-                    await self._row(parent)
-                except NotFound:
-                    raise NotFound(f"parent snapshot {parent} does not exist") from None
+            taken, parent_found = await self.db.run(self._lookup, namespace, key, parent)
+            if taken:
+                raise AlreadyExists(f'snapshot "{key}"')
+            if not parent_found:
+                raise NotFound(f"parent snapshot {parent} does not exist")
             check_key(key)
             if parent:
                 check_key(parent, "parent")
