@@ -4,8 +4,8 @@ Usage (root, from the repository root):
 
     .venv/bin/python bench/shim_cost.py [--shims N]
 
-For each way of starting a shim (forked from the template process, or spawned as
-``python -m ctrpy.shim.main start``) it starts N shims through ShimLauncher.start_shim, timing
+For each way of starting a shim (a spare the template forked ahead of time, forked from the
+template on request, or spawned as ``python -m ctrpy.shim.main start``) it starts N shims through ShimLauncher.start_shim, timing
 each call until the shim has answered Connect; then it creates and starts one container
 (``sleep``) in each, lets them idle for a second, and reads Rss, Pss and Private_Dirty from
 /proc/PID/smaps_rollup of every shim. Prints a markdown table (medians over the N shims).
@@ -42,7 +42,10 @@ async def measure(
 ) -> dict[str, float]:
     state = Path(tempfile.mkdtemp(prefix="st", dir=base))
     fifos = Path(tempfile.mkdtemp(prefix="f", dir=base))
-    async with Env(state, fifos, rootfs, spec, use_template=(mode == "template")) as env:
+    env = Env(state, fifos, rootfs, spec, use_template=(mode != "spawn"))
+    env.launcher.spare = mode == "spare"
+    async with env:
+        await asyncio.sleep(0.5)  # the template's spare comes up (in the other modes: the same pause)
         starts, pids = [], []
         for i in range(count):
             task = await env.task(f"{mode}{i}", ["sleep", "1000"], start_shim=False)
@@ -83,7 +86,7 @@ async def main() -> None:
     try:
         rootfs = build_rootfs(base / "rootfs")
         spec = base_spec(base / "spec")
-        results = {mode: await measure(base, rootfs, spec, mode, args.shims) for mode in ("template", "spawn")}
+        results = {mode: await measure(base, rootfs, spec, mode, args.shims) for mode in ("spare", "template", "spawn")}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print(f"| start path | time to serving shim | Private_Dirty | PSS | RSS |  (median of {args.shims})")

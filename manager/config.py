@@ -322,6 +322,8 @@ class Config:
     diff_max_entries: int = DEFAULT_MAX_LAYER_ENTRIES
     proxy_plugins: dict[str, ProxyPlugin] = field(default_factory=dict)
     shim_template: bool = True
+    # [shim] spare: the template keeps a shim forked ahead of time for the next Create.
+    shim_spare: bool = True
     # Deadlines of ctrpyd's calls to shims (ShimTimeouts), in seconds.
     shim_call_timeout: float = 30.0
     shim_state_timeout: float = 2.0
@@ -453,10 +455,12 @@ def parse(text: str, base: Config = Config()) -> Config:
     if "tracing" in data:
         values["tracing"] = _parse_tracing(_expect(data, "tracing", dict, ""), base.tracing)
     shim = data.get("shim", {})
-    if unknown := set(shim) - {"template", "call_timeout", "state_timeout"}:
+    if unknown := set(shim) - {"template", "spare", "call_timeout", "state_timeout"}:
         raise InvalidArgument(f"config: unknown keys in [shim]: {sorted(unknown)}")
     if "template" in shim:
         values["shim_template"] = _expect(shim, "template", bool, "shim.")
+    if "spare" in shim:
+        values["shim_spare"] = _expect(shim, "spare", bool, "shim.")
     for key in ("call_timeout", "state_timeout"):
         if key in shim:
             values[f"shim_{key}"] = _seconds(shim, key, "shim.")
@@ -520,6 +524,7 @@ def render(config: Config) -> str:
     ]
     lines += [
         "", "[shim]", f"template = {'true' if config.shim_template else 'false'}",
+        f"spare = {'true' if config.shim_spare else 'false'}",
         f"call_timeout = {config.shim_call_timeout!r}", f"state_timeout = {config.shim_state_timeout!r}",
     ]  # fmt: skip
     lines += ["", "[gc]", *(f"{key} = {getattr(config.gc, key)!r}" for key in _GC_KEYS)]

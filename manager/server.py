@@ -303,7 +303,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
         launcher = ShimLauncher(
-            config.state, str(config.address), use_template=config.shim_template,
+            config.state, str(config.address), use_template=config.shim_template, spare=config.shim_spare,
             timeouts=ShimTimeouts(config.shim_call_timeout, config.shim_state_timeout),
         )  # fmt: skip
         await launcher.start(wait=False)  # the template comes up while the tasks are taken back

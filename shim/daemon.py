@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import json
 import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import files
@@ -36,8 +37,13 @@ MAX_REPLY = 64 * 1024
 
 def set_process_name(name: bytes = PROCESS_NAME) -> None:
     """Set this process's ``comm`` (what ps and /proc/PID/comm show)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+    _libc().prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, loaded once (in the template, so its shims and spares share it)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def configure_logging() -> None:
@@ -87,6 +93,16 @@ def fork_shim(config: ShimConfig, reply_fd: int, *, inherited: Sequence[socket.s
     ``inherited`` are socket objects of the caller that the shim must drop without closing
     them for the caller. The caller still owns (and should close) its ``reply_fd``.
     """
+
+    def become_shim() -> int:
+        return _become_shim(config, reply_fd, inherited)
+
+    fork_detached(become_shim, reply_fd)
+
+
+def fork_detached(body: Callable[[], int], reply_fd: int | None = None) -> None:
+    """Run ``body`` in a detached grandchild (its own session, nobody's child); returns once
+    the intermediate child has exited. An exception in ``body`` is written to ``reply_fd``."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -96,30 +112,42 @@ def fork_shim(config: ShimConfig, reply_fd: int, *, inherited: Sequence[socket.s
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            code = _become_shim(config, reply_fd, inherited)
+            code = body()
         except BaseException as exc:  # anything must become a reply
-            write_reply(reply_fd, {"error": f"shim failed to start: {exc}"})
+            if reply_fd is not None:
+                write_reply(reply_fd, {"error": f"shim failed to start: {exc}"})
         finally:
             os._exit(code)
     os.waitpid(pid, 0)
 
 
-def _become_shim(config: ShimConfig, reply_fd: int, inherited: Sequence[socket.socket]) -> int:
+def open_log(bundle: str) -> int:
+    """``<bundle>/shim.log``, opened for appending."""
+    return os.open(os.path.join(bundle, files.SHIM_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def detach_descriptors(inherited: Sequence[socket.socket], stderr_fd: int, keep: int) -> None:
+    """0 and 1 become /dev/null, 2 ``stderr_fd``; every other descriptor but ``keep`` is
+    closed. ``inherited`` are the starter's socket objects: detached first, so that their
+    objects never close a descriptor number this process reuses."""
     for sock in inherited:
-        sock.detach()  # closed below with everything else; the object must not close it later
-    if not os.path.isdir(config.bundle):
-        write_reply(reply_fd, {"error": f'bundle "{config.bundle}" does not exist'})
-        return 1
-    log_fd = os.open(
-        os.path.join(config.bundle, files.SHIM_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
-    )
+        sock.detach()
     null_fd = os.open(os.devnull, os.O_RDWR)
     os.dup2(null_fd, 0)
     os.dup2(null_fd, 1)
-    os.dup2(log_fd, 2)
-    # Everything but 0-2 and the reply descriptor (close_range(2) where the kernel has it).
-    os.closerange(3, reply_fd)
-    os.closerange(reply_fd + 1, max(os.sysconf("SC_OPEN_MAX"), reply_fd + 2))
+    os.dup2(stderr_fd if stderr_fd >= 0 else null_fd, 2)
+    # Everything but 0-2 and ``keep`` (close_range(2) where the kernel has it).
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(os.sysconf("SC_OPEN_MAX"), keep + 2))
+
+
+def _become_shim(config: ShimConfig, reply_fd: int, inherited: Sequence[socket.socket]) -> int:
+    if not os.path.isdir(config.bundle):
+        for sock in inherited:
+            sock.detach()
+        write_reply(reply_fd, {"error": f'bundle "{config.bundle}" does not exist'})
+        return 1
+    detach_descriptors(inherited, open_log(config.bundle), reply_fd)
     os.chdir(config.bundle)
     os.umask(0o022)
     set_process_name()

@@ -5,8 +5,9 @@
         Fork a detached shim serving ctrpy.shim.v1.TaskService, print its address, return.
     ctrpy-shim delete   (same options)
         Clean up the bundle of a dead shim; print {"pid", "exit_status", "exited_at"} as JSON.
-    ctrpy-shim template --socket PATH
-        Serve fork requests (see ctrpy.shim.template) until stdin closes.
+    ctrpy-shim template --socket PATH [--spare]
+        Serve fork requests (see ctrpy.shim.template) until stdin closes; with --spare, keep a
+        spare shim forked ahead of time (ctrpy.shim.spare).
 
 Exit status: 0 on success, 1 with a message on stderr otherwise.
 """
@@ -51,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     _add_shim_options(sub.add_parser("delete", help="clean up the bundle of a dead shim"))
     template = sub.add_parser("template", help="fork shims on request")
     template.add_argument("--socket", required=True)
+    template.add_argument("--spare", action="store_true", help="keep a spare shim forked ahead of time")
     return p
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "template":
             from . import template
 
-            return template.run(args.socket)
+            return template.run(args.socket, spare=args.spare)
         config = _config(args)
         if args.command == "start":
             from . import daemon

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +28,7 @@ from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.api.containerd.types.task import task_pb2 as task_types
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
-from ctrpy.errors import AlreadyExists, CtrpyError
+from ctrpy.errors import AlreadyExists, CtrpyError, Unavailable
 
 from . import files
 from .config import ShimConfig
@@ -130,9 +131,20 @@ def _state(proc: Process, bundle: str) -> pb.StateResponse:
 class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
     """ctrpy.shim.v1.TaskService over the shim's :class:`Tasks`, each request routed by its id."""
 
-    def __init__(self, tasks: Tasks, shutdown: asyncio.Event) -> None:
-        self.tasks = tasks
+    def __init__(self, tasks: Tasks | None, shutdown: asyncio.Event) -> None:
+        self._tasks = tasks  # None while a spare shim waits to be claimed (see listen)
         self.shutdown = shutdown
+
+    @property
+    def tasks(self) -> Tasks:
+        """The shim's tasks; Unavailable before the shim knows them."""
+        if self._tasks is None:
+            raise Unavailable("this shim serves no task yet")
+        return self._tasks
+
+    @tasks.setter
+    def tasks(self, tasks: Tasks) -> None:
+        self._tasks = tasks
 
     @_errors
     async def State(self, request: pb.StateRequest, context: Any) -> pb.StateResponse:
@@ -263,19 +275,41 @@ def claim_socket(path: str) -> None:
     raise AlreadyExists(f'shim socket "{path}" is in use')
 
 
-async def serve(config: ShimConfig, report: Callable[[dict[str, Any]], None]) -> None:
-    """Run the shim until Shutdown. ``report`` gets ``{"address", "pid"}`` once it serves."""
-    loop = asyncio.get_running_loop()
+@dataclass
+class Listening:
+    """What a shim starts before it needs to know its task: the reaper, and the gRPC server
+    with a servicer that gets its tasks later. A spare shim (:mod:`ctrpy.shim.spare`) waits
+    like this, on a socket of its own, until a Create claims it."""
+
+    reaper: Reaper
+    server: grpc.aio.Server
+    servicer: TaskServicer
+
+
+async def listen(socket_path: str) -> Listening:
+    """Start the reaper, and a server on ``socket_path`` whose servicer has no tasks yet."""
     reaper = Reaper()
-    reaper.install(loop)
+    reaper.install(asyncio.get_running_loop())
+    servicer = TaskServicer(None, asyncio.Event())
+    server = grpc.aio.server()
+    shim_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
+    claim_socket(socket_path)
+    server.add_insecure_port(f"unix:{socket_path}")
+    await server.start()
+    return Listening(reaper, server, servicer)
+
+
+async def serve(
+    config: ShimConfig, report: Callable[[dict[str, Any]], None], listening: Listening | None = None
+) -> None:
+    """Run the shim until Shutdown. ``report`` gets ``{"address", "pid"}`` once it serves.
+    ``listening`` is a spare's server, already moved to ``config.socket_path``."""
+    if listening is None:
+        listening = await listen(config.socket_path)
+    reaper, server, shutdown = listening.reaper, listening.server, listening.servicer.shutdown
     publisher = Publisher(config.address, config.namespace)
     tasks = Tasks(config, reaper, publisher)
-    shutdown = asyncio.Event()
-    server = grpc.aio.server()
-    shim_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks, shutdown), server)
-    claim_socket(config.socket_path)
-    server.add_insecure_port(f"unix:{config.socket_path}")
-    await server.start()
+    listening.servicer.tasks = tasks
     try:
         files.write_atomic(os.path.join(config.bundle, files.ADDRESS), config.grpc_address)
         files.write_atomic(os.path.join(config.bundle, files.SHIM_PID), str(os.getpid()))

@@ -11,14 +11,19 @@ Protocol, one request per connection: the client sends one JSON line, the
 connection with ``{"address": ..., "pid": ...}`` or ``{"error": ...}``. Bad requests are
 answered by the template with ``{"error": ...}``.
 
+With ``--spare`` the template keeps one spare shim forked ahead of time (see
+:mod:`ctrpy.shim.spare`): a request goes to that spare when it is ready, with the connection,
+and the template forks the next spare once the request has left.
+
 The template prints ``ready`` on stdout once it listens, and exits when its stdin reaches end
 of file, which happens when ctrpyd closes it or dies: a template never outlives its manager.
-Shims it forked are not its children and live on.
+Shims it forked are not its children and live on; its unclaimed spare exits with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import gc
 import json
@@ -36,6 +41,7 @@ from .config import ShimConfig
 from .daemon import configure_logging, fork_shim, set_process_name, write_reply
 from .events import pack
 from .server import claim_socket
+from .spare import SpareSlot
 
 # The template's comm; the shims it forks rename themselves "ctrpy-shim".
 TEMPLATE_NAME = b"ctrpy-template"
@@ -53,10 +59,11 @@ def _read_line(conn: socket.socket) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
+def _serve_one(conn: socket.socket, listener: socket.socket, spare: SpareSlot | None = None) -> None:
     conn.settimeout(REQUEST_TIMEOUT)
     try:
-        request = json.loads(_read_line(conn))
+        line = _read_line(conn)
+        request = json.loads(line)
         if not isinstance(request, dict):
             raise ValueError("request is not a JSON object")
         config = ShimConfig.from_dict(request)
@@ -68,7 +75,8 @@ def _serve_one(conn: socket.socket, listener: socket.socket) -> None:
     conn.setblocking(True)
     fd = conn.detach()
     try:
-        fork_shim(config, fd, inherited=[listener])
+        if spare is None or not spare.hand(line, fd):
+            fork_shim(config, fd, inherited=[listener])
     except OSError as exc:
         write_reply(os.dup(fd), {"error": f"fork failed: {exc}"})
     finally:
@@ -99,6 +107,8 @@ def warm_up() -> None:
         json.loads(json.dumps({"warm": [1, "up"]}))
 
     asyncio.run(exercise())
+    # open(..., encoding="ascii") (runc's pid file) imports its codec: once here, not per shim.
+    codecs.lookup("ascii")
     configure_logging()
 
 
@@ -158,8 +168,10 @@ def fill_free_blocks() -> int:
     return taken
 
 
-def run(socket_path: str) -> int:
-    """Serve fork requests on ``socket_path`` until stdin closes; returns the exit status."""
+def run(socket_path: str, *, spare: bool = False) -> int:
+    """Serve fork requests on ``socket_path`` until stdin closes; returns the exit status.
+    With ``spare``, a request is served by a spare shim forked ahead of time when one is ready
+    (:mod:`ctrpy.shim.spare`), and the next spare is forked after the answer is on its way."""
     set_process_name(TEMPLATE_NAME)
     claim_socket(socket_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -172,21 +184,25 @@ def run(socket_path: str) -> int:
     fill_free_blocks()
     gc.freeze()
     print("ready", flush=True)
-    poller = select.poll()
-    poller.register(listener.fileno(), select.POLLIN)
-    poller.register(0, select.POLLIN | select.POLLHUP)
+    slot = SpareSlot(os.path.dirname(socket_path)) if spare else None
     try:
         while True:
-            for fd, _ in poller.poll():
-                if fd == 0:
-                    if not os.read(0, 4096):
-                        return 0
-                    continue
+            if slot is not None:
+                slot.fork([listener])  # a no-op while one is there
+            watched = [0, listener.fileno()] + ([slot.ctl.fileno()] if slot and slot.ctl else [])
+            readable, _, _ = select.select(watched, [], [])
+            if 0 in readable and not os.read(0, 4096):
+                return 0
+            if slot is not None and slot.ctl is not None and slot.ctl.fileno() in readable:
+                slot.on_event()
+            if listener.fileno() in readable:
                 conn, _ = listener.accept()
-                _serve_one(conn, listener)
+                _serve_one(conn, listener, slot)
     except KeyboardInterrupt:
         return 0
     finally:
+        if slot is not None:
+            slot.close()  # an unclaimed spare exits with its template
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)

@@ -16,9 +16,9 @@ closes and the template exits too. The shims it forked are not its children and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ TEMPLATE_SOCKET = "template"
 START_TIMEOUT = 30.0
 TEMPLATE_READY_TIMEOUT = 30.0
 DELETE_TIMEOUT = 60.0
+MAX_REPLY = 64 * 1024
 
 _KINDS: tuple[type[CtrpyError], ...] = (
     errors.InvalidArgument,
@@ -97,7 +98,8 @@ class ShimLauncher:
 
     ``state_dir`` is ctrpyd's state directory (bundles, shim sockets, runc state);
     ``manager_address`` is ctrpyd's socket, where shims publish task events; ``timeouts`` are
-    the deadlines of the clients it returns.
+    the deadlines of the clients it returns; ``spare`` has the template keep a spare shim
+    forked ahead of time (:mod:`ctrpy.shim.spare`).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class ShimLauncher:
         *,
         runtime_binary: str = "runc",
         use_template: bool = True,
+        spare: bool = True,
         python: str = sys.executable,
         timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
     ) -> None:
@@ -115,6 +118,7 @@ class ShimLauncher:
         self.manager_address = manager_address
         self.runtime_binary = runtime_binary
         self.use_template = use_template
+        self.spare = spare
         self.python = python
         self._template: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
@@ -156,8 +160,9 @@ class ShimLauncher:
         if self.template_pid is not None:
             return
         self.template_socket.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        spare = ["--spare"] if self.spare else []
         proc = await asyncio.create_subprocess_exec(
-            self.python, "-P", "-m", SHIM_MODULE, "template", "--socket", str(self.template_socket),
+            self.python, "-P", "-m", SHIM_MODULE, "template", "--socket", str(self.template_socket), *spare,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -232,22 +237,25 @@ class ShimLauncher:
                 await self._start_template()
             if self.template_pid is None:
                 return None
+        # A bare socket on the loop: no stream transport, protocol and tasks for one exchange.
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.template_socket))
-        except OSError as exc:
-            log.warning("shim template unreachable", error=str(exc))
-            return None
-        try:
-            writer.write(json.dumps(config.to_dict()).encode() + b"\n")
-            await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            log.warning("shim template failed", error=str(exc))
-            return None
+            try:
+                await loop.sock_connect(sock, str(self.template_socket))
+            except OSError as exc:
+                log.warning("shim template unreachable", error=str(exc))
+                return None
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    await loop.sock_sendall(sock, json.dumps(config.to_dict()).encode() + b"\n")
+                    line = await _read_line(loop, sock)
+            except (OSError, TimeoutError) as exc:
+                log.warning("shim template failed", error=str(exc))
+                return None
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            sock.close()
         try:
             reply = json.loads(line)
         except ValueError:
@@ -275,6 +283,17 @@ class ShimLauncher:
         return await run_shim_delete(
             self.state_dir, bundle, runtime_binary=self.runtime_binary, python=self.python
         )
+
+
+async def _read_line(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The first line ``sock`` sends (all it sent, when it closes before a newline)."""
+    data = b""
+    while b"\n" not in data and len(data) < MAX_REPLY:
+        chunk = await loop.sock_recv(sock, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from ctrpy.api.containerd.services.tasks.v1 import tasks_pb2
 from ctrpy.client import Client
 from ctrpy.manager import failpoints
+from ctrpy.shim.spare import SPARE_NAME
 from tests.support.ctrpyd import Daemon
 from tests.support.polling import wait_until as wait_until  # re-exported for the crash tests
 
@@ -76,6 +77,14 @@ def processes_naming(text: str) -> list[int]:
         if text.encode() in cmdline and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def is_spare(pid: int) -> bool:
+    """Whether ``pid`` is a shim template's unclaimed spare shim (ctrpy.shim.spare)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().strip() == SPARE_NAME
+    except OSError:
+        return False
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -247,8 +256,9 @@ class CrashDaemon(Daemon):
         return int((self.bundle(container_id) / "init.pid").read_text())
 
     def shims(self) -> list[int]:
-        """Live processes that name this daemon's state dir: shims and the shim template."""
-        return processes_naming(str(self.state) + "/")
+        """Live processes that name this daemon's state dir: shims and the shim template (not
+        the template's spare shim, which is no task's until a Create claims it)."""
+        return [pid for pid in processes_naming(str(self.state) + "/") if not is_spare(pid)]
 
     def leftover_mounts(self) -> list[str]:
         return mounts_under(self.base)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctrpy.shim.spare import SPARE_NAME
 from tests.support.containerd import mounts_under, unmount_under
 from tests.support.ctrpyd import Daemon
 
@@ -71,7 +72,8 @@ def template_pids(daemon: Daemon) -> set[int]:
 def shim_pids(daemon: Daemon) -> set[int]:
     """Processes that belong to this daemon's tasks: shims (forked or spawned) and anything
     running in a bundle (containers, runc), found by their command line or working directory
-    naming the daemon's state directory. The daemon and its template are not counted."""
+    naming the daemon's state directory. The daemon, its template and the template's unclaimed
+    spare shim (no task's until a Create claims it) are not counted."""
     state = str(daemon.state) + "/"
     mine = {os.getpid()}
     if daemon.process is not None:
@@ -79,7 +81,7 @@ def shim_pids(daemon: Daemon) -> set[int]:
     mine |= template_pids(daemon)
     found = set()
     for pid in all_pids():
-        if pid in mine:
+        if pid in mine or _read(f"/proc/{pid}/comm").strip() == SPARE_NAME.decode():
             continue
         if state in _cmdline(pid) or _cwd(pid).startswith(state):
             found.add(pid)
