@@ -18,12 +18,14 @@ from ctrpy.api.containerd.events import content_pb2 as events_pb2
 from ctrpy.api.containerd.services.content.v1 import content_pb2 as api
 from ctrpy.api.containerd.services.content.v1 import content_pb2_grpc as api_grpc
 from ctrpy.manager.events import Exchange
-from ctrpy.manager.metadata.content import NamespacedContent
+from ctrpy.manager.metadata.content import BlobReader, NamespacedContent
 
 from . import convert
 
 #: Infos per List message (containerd batches them the same way).
 LIST_BATCH = 100
+#: Chunks a Content.Read reads in the thread that opens the blob (see ContentServicer._open).
+FIRST_CHUNKS = 2
 
 
 class ContentServicer(api_grpc.ContentServicer):
@@ -61,17 +63,39 @@ class ContentServicer(api_grpc.ContentServicer):
     async def Read(
         self, request: api.ReadContentRequest, context: object
     ) -> AsyncIterator[api.ReadContentResponse]:
-        reader = await asyncio.to_thread(self.content.read, request.digest, request.offset, request.size)
+        reader, first = await asyncio.to_thread(self._open, request.digest, request.offset, request.size)
         # As containerd's: a reply's offset counts from where the read began, not from the
         # start of the blob.
         offset = 0
         try:
-            while (chunk := await asyncio.to_thread(reader.next_chunk)) is not None:
+            for data in first:
+                yield api.ReadContentResponse(offset=offset, data=data)
+                offset += len(data)
+            while reader is not None and (chunk := await asyncio.to_thread(reader.next_chunk)) is not None:
                 yield api.ReadContentResponse(offset=offset, data=chunk)
                 offset += len(chunk)
         finally:
-            # Shielded: a cancelled stream still closes its file (after a read in flight).
-            await asyncio.shield(asyncio.to_thread(reader.close))
+            if reader is not None:
+                # Shielded: a cancelled stream still closes its file (after a read in flight).
+                await asyncio.shield(asyncio.to_thread(reader.close))
+
+    def _open(self, digest: str, offset: int, size: int) -> tuple[BlobReader | None, list[bytes]]:
+        """Open the window and read its first chunks, in one worker thread: a window that ends
+        within :data:`FIRST_CHUNKS` chunks (the manifests and configs a ``ctr run`` reads, ten
+        of them) is read and closed here, and the caller's stream needs no other thread hop;
+        otherwise the open reader, for the rest."""
+        reader = self.content.read(digest, offset, size)
+        try:
+            first: list[bytes] = []
+            while len(first) < FIRST_CHUNKS and (chunk := reader.next_chunk()) is not None:
+                first.append(chunk)
+            if len(first) < FIRST_CHUNKS:
+                reader.close()
+                return None, first
+            return reader, first
+        except BaseException:
+            reader.close()
+            raise
 
     async def Status(self, request: api.StatusRequest, context: object) -> api.StatusResponse:
         status = await asyncio.to_thread(self.content.status, request.ref)
