@@ -1,5 +1,6 @@
 """Fixtures for CRI containers: one ctrpyd with the CRI on, a network of its own and the busybox
-test image in ``k8s.io`` for the module; a fresh pod per test (removed with its containers)."""
+test image in ``k8s.io`` for the module; a fresh pod per test (removed with its containers); a
+ctrpyd of the test's own for tests that kill or restart it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cri_container.support import Pod, import_busybox, make_pod
+from tests.cri_container.support import Pod, busybox_daemon, make_pod
 from tests.cri_net.conftest import plugin_dir
 from tests.cri_sandbox.support import PodDaemon
 
@@ -20,13 +21,15 @@ if plugin_dir() is None:
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodDaemon]:
     """One started ctrpyd for the module with the busybox image, reaped afterwards."""
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path_factory.mktemp("image"))
+    with busybox_daemon(tmp_path_factory.mktemp("image")) as daemon:
         yield daemon
-    finally:
-        daemon.reap()
+
+
+@pytest.fixture
+def podd(tmp_path: Path) -> Iterator[PodDaemon]:
+    """A started ctrpyd with the busybox image for the test alone (it may kill or restart it)."""
+    with busybox_daemon(tmp_path) as daemon:
+        yield daemon
 
 
 @pytest.fixture

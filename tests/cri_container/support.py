@@ -4,6 +4,8 @@ helpers to make pods and containers through the generated CRI client."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,21 @@ def import_busybox(daemon: PodDaemon, work: Path, name: str = IMAGE) -> None:
     write_oci_layout_tar(busybox_image(name), tar)
     result = daemon.ctr("images", "import", str(tar), namespace="k8s.io")
     assert result.returncode == 0, result.stderr
+
+
+@contextmanager
+def busybox_daemon(work: Path, configure: Callable[[PodDaemon], None] | None = None) -> Iterator[PodDaemon]:
+    """A started ctrpyd with the busybox image in ``k8s.io`` (``configure`` edits it before the
+    start), reaped however the block ends: the one body behind every fixture that needs one."""
+    daemon = PodDaemon()
+    try:
+        if configure is not None:
+            configure(daemon)
+        daemon.start()
+        import_busybox(daemon, work)
+        yield daemon
+    finally:
+        daemon.reap()
 
 
 @dataclass

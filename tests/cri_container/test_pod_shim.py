@@ -18,23 +18,13 @@ from pathlib import Path
 import pytest
 
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
+from ctrpy.shim.spare import SPARE_PREFIX
 from tests.crash.support import alive, mounts_under
-from tests.cri_container.support import Pod, import_busybox, log_lines, make_pod
+from tests.cri_container.support import Pod, busybox_daemon, log_lines, make_pod
 from tests.cri_sandbox.support import PodDaemon
 from tests.support.polling import wait_until
 
 NAMESPACE = "k8s.io"
-
-
-@pytest.fixture
-def podd(tmp_path: Path) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path)
-        yield daemon
-    finally:
-        daemon.reap()
 
 
 def bundle(daemon: PodDaemon, task_id: str) -> Path:
@@ -50,8 +40,11 @@ def task_pid(pod: Pod, container_id: str) -> int:
 
 
 def shim_sockets(daemon: PodDaemon) -> list[str]:
-    """The sockets in the shims' directory, but the template's."""
-    return sorted(p.name for p in (daemon.state / "s").iterdir() if p.name != "template")
+    """The sockets in the shims' directory, but the template's and its spare shim's."""
+    return sorted(
+        p.name for p in (daemon.state / "s").iterdir()
+        if p.name != "template" and not p.name.startswith(SPARE_PREFIX)
+    )  # fmt: skip
 
 
 def two_containers(pod: Pod) -> tuple[str, str]:
@@ -166,15 +159,12 @@ def test_kill9_of_the_pod_shim_ends_every_container(podd: PodDaemon, tmp_path: P
 
 @pytest.fixture
 def per_container(tmp_path: Path) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
+    def configure(daemon: PodDaemon) -> None:
         config = Path(daemon.extra_args[1])
         config.write_text(config.read_text() + "shim_per_pod = false\n")  # [cri] is the last table
-        daemon.start()
-        import_busybox(daemon, tmp_path)
+
+    with busybox_daemon(tmp_path, configure) as daemon:
         yield daemon
-    finally:
-        daemon.reap()
 
 
 def test_shim_per_pod_false_gives_each_container_its_shim(per_container: PodDaemon, tmp_path: Path) -> None:

@@ -20,17 +20,6 @@ from tests.cri_sandbox.support import PodDaemon
 from tests.support.polling import wait_until
 
 
-@pytest.fixture
-def podd(tmp_path: Path) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path)
-        yield daemon
-    finally:
-        daemon.reap()
-
-
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_containers_survive_a_restart(podd: PodDaemon, tmp_path: Path, how: str) -> None:
     pod = make_pod(podd, tmp_path)

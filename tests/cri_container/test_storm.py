@@ -15,7 +15,7 @@ import pytest
 
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from tests.crash.support import cgroup_dirs, processes_naming
-from tests.cri_container.support import IMAGE, import_busybox
+from tests.cri_container.support import IMAGE, busybox_daemon
 from tests.cri_container.test_events_stats import Subscription
 from tests.cri_sandbox.support import PodDaemon
 from tests.support.podstorm import Poller, running, start_pods, tear_down
@@ -35,15 +35,12 @@ ORDER = [api.CONTAINER_CREATED_EVENT, api.CONTAINER_STARTED_EVENT, api.CONTAINER
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodDaemon]:
     """The module's ctrpyd, with containerd's default writable-layer sampling period (the other
     CRI tests measure at every call) so that the stats are answered as on a node."""
-    daemon = PodDaemon()
-    try:
+    def configure(daemon: PodDaemon) -> None:
         config = daemon.base / "ctrpyd.toml"
         config.write_text(config.read_text().replace("stats_collect_period = 0", "stats_collect_period = 10"))
-        daemon.start()
-        import_busybox(daemon, tmp_path_factory.mktemp("image"))
+
+    with busybox_daemon(tmp_path_factory.mktemp("image"), configure) as daemon:
         yield daemon
-    finally:
-        daemon.reap()
 
 
 def _containers(config: api.PodSandboxConfig) -> list[api.ContainerConfig]:

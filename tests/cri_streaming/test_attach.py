@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,39 +20,19 @@ from websockets.exceptions import ConnectionClosed
 
 from ctrpy import errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
-from tests.cri_container.support import Pod, import_busybox, log_lines, make_pod
+from tests.cri_container.support import Pod, log_lines
 from tests.cri_net.conftest import plugin_dir
 from tests.cri_sandbox.support import PodDaemon
 
 from . import spdyclient
+from .support import DEADLINE
 
 if plugin_dir() is None:
     pytest.skip("containernetworking-plugins not installed (scripts/bootstrap installs them)",
                 allow_module_level=True)
 
 V4, V5 = "v4.channel.k8s.io", "v5.channel.k8s.io"
-DEADLINE = 60.0  # liveness bound, generous for a loaded 2-core machine
 SUCCESS = {"metadata": {}, "status": "Success"}
-
-
-@pytest.fixture(scope="module")
-def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path_factory.mktemp("image"))
-        yield daemon
-    finally:
-        daemon.reap()
-
-
-@pytest.fixture(scope="module")
-def pod(pods: PodDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
-    made = make_pod(pods, tmp_path_factory.mktemp("pod"))
-    try:
-        yield made
-    finally:
-        made.cleanup()
 
 
 def start(pod: Pod, name: str, *args: str, stdin: bool = False, stdin_once: bool = False, tty: bool = False) -> str:

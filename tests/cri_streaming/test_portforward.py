@@ -25,7 +25,7 @@ from ctrpy import errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.manager.cri.streaming import wstunnel
 from ctrpy.manager.cri.streaming.spdyconn import Connection, Stream
-from tests.cri_container.support import Pod, import_busybox, make_pod
+from tests.cri_container.support import Pod, make_pod
 from tests.cri_net.conftest import plugin_dir
 from tests.cri_sandbox.support import PodDaemon
 
@@ -43,17 +43,6 @@ BIG = b"".join(b"%d\n" % i for i in range(1, 300_001))  # what ``seq 1 300000`` 
 HTTPD = ("mkdir -p /www /www2 && echo 'hello from the pod' > /www/index.html && seq 1 300000 > /www/big.txt && "
          "echo 'the other port' > /www2/index.html && busybox httpd -p 8081 -h /www2 && "
          "(busybox nc -ll -p 9000 -e /bin/cat &) && exec busybox httpd -f -p 8080 -h /www")
-
-
-@pytest.fixture(scope="module")
-def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path_factory.mktemp("image"))
-        yield daemon
-    finally:
-        daemon.reap()
 
 
 def _serving(pod: Pod, port: int, answer: bytes = b"HTTP/1.") -> None:

@@ -10,53 +10,19 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
-from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.manager.cri.streaming.spdyconn import Connection
-from tests.cri_container.support import Pod, import_busybox, make_pod
+from tests.cri_container.support import Pod
 from tests.cri_net.conftest import plugin_dir
-from tests.cri_sandbox.support import PodDaemon
 from tests.cri_streaming import spdyclient
 from tests.cri_streaming.spdyclient import V1, V3, V4, Outcome, resize
+from tests.cri_streaming.support import DEADLINE, exec_url
 
 if plugin_dir() is None:
     pytest.skip("containernetworking-plugins not installed (scripts/bootstrap installs them)",
                 allow_module_level=True)
-
-DEADLINE = 60.0  # liveness bound for one exec, generous for a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path_factory.mktemp("image"))
-        yield daemon
-    finally:
-        daemon.reap()
-
-
-@pytest.fixture(scope="module")
-def box(pods: PodDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pod, str]]:
-    """One pod with a running busybox container, shared by the module's tests."""
-    pod = make_pod(pods, tmp_path_factory.mktemp("pod"))
-    try:
-        yield pod, pod.run("box", "sleep", "3600")
-    finally:
-        pod.cleanup()
-
-
-def exec_url(pod: Pod, container_id: str, *cmd: str, stdin: bool = False, stdout: bool = True,
-             stderr: bool = True, tty: bool = False) -> str:
-    with pod.cri() as c:
-        response = c.call(c.runtime.Exec, api.ExecRequest(container_id=container_id, cmd=list(cmd), stdin=stdin,
-                                                          stdout=stdout, stderr=stderr, tty=tty))
-    return response.url
-
 
 def session(url: str, versions: tuple[str, ...] = spdyclient.CLIENT_GO, **kwargs: object) -> Outcome:
     return asyncio.run(asyncio.wait_for(spdyclient.exec_session(url, versions, **kwargs), DEADLINE))  # type: ignore[arg-type]

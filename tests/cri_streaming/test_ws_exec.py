@@ -11,7 +11,6 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,46 +19,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ctrpy import errors
-from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
-from tests.cri_container.support import Pod, import_busybox, make_pod
+from tests.cri_container.support import Pod
 from tests.cri_net.conftest import plugin_dir
-from tests.cri_sandbox.support import PodDaemon
+from tests.cri_streaming.support import DEADLINE, exec_url
 
 if plugin_dir() is None:
     pytest.skip("containernetworking-plugins not installed (scripts/bootstrap installs them)",
                 allow_module_level=True)
 
 V4, V5 = "v4.channel.k8s.io", "v5.channel.k8s.io"
-DEADLINE = 60.0  # liveness bound for one exec, generous for a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        daemon.start()
-        import_busybox(daemon, tmp_path_factory.mktemp("image"))
-        yield daemon
-    finally:
-        daemon.reap()
-
-
-@pytest.fixture(scope="module")
-def box(pods: PodDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pod, str]]:
-    """One pod with a running busybox container, shared by the module's tests."""
-    pod = make_pod(pods, tmp_path_factory.mktemp("pod"))
-    try:
-        yield pod, pod.run("box", "sleep", "3600")
-    finally:
-        pod.cleanup()
-
-
-def exec_url(pod: Pod, container_id: str, *cmd: str, stdin: bool = False, stdout: bool = True,
-             stderr: bool = True, tty: bool = False) -> str:
-    with pod.cri() as c:
-        response = c.call(c.runtime.Exec, api.ExecRequest(container_id=container_id, cmd=list(cmd), stdin=stdin,
-                                                          stdout=stdout, stderr=stderr, tty=tty))
-    return response.url
 
 
 @dataclass

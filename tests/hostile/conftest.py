@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,10 @@ def configured_daemon(config: str = "") -> Daemon:
     return Daemon(base, extra_args=("--config", str(path)))
 
 
-@pytest.fixture
-def hostile_daemon() -> Iterator[Daemon]:
-    """A running ctrpyd with the test limits; its tasks' processes are killed by pid and
-    everything below it unmounted afterwards, whatever the test did."""
+@contextmanager
+def running_daemon() -> Iterator[Daemon]:
+    """A started :func:`configured_daemon`; its tasks' processes are killed by pid and everything
+    below it unmounted afterwards, however the block ends (the body of every such fixture)."""
     daemon = configured_daemon()
     try:
         daemon.start()
@@ -35,3 +36,20 @@ def hostile_daemon() -> Iterator[Daemon]:
     finally:
         kill_leftovers(daemon)
         daemon.cleanup()
+
+
+@pytest.fixture
+def hostile_daemon() -> Iterator[Daemon]:
+    """A running ctrpyd with the test limits; its tasks' processes are killed by pid and
+    everything below it unmounted afterwards, whatever the test did."""
+    with running_daemon() as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def module_daemon() -> Iterator[Daemon]:
+    """The same, one for a whole module: for modules whose every test removes its containers
+    and asserts that nothing of them is left, where a fresh daemon a test would check nothing
+    more (starting one and importing an image was most of their time)."""
+    with running_daemon() as daemon:
+        yield daemon

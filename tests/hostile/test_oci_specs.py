@@ -24,11 +24,18 @@ from tests.hostile.specs import Runner, fifo_free_output, runtime_spec
 from tests.support.ctrpyd import Daemon
 
 
-@pytest.fixture
-def image(hostile_daemon: Daemon, tmp_path: Path) -> str:
+@pytest.fixture(scope="module")
+def hostile_daemon(module_daemon: Daemon) -> Daemon:
+    """One ctrpyd for the module: each test asserts that it left no shim, bundle, mount or task."""
+    return module_daemon
+
+
+@pytest.fixture(scope="module")
+def image(hostile_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
     """busybox, imported and unpacked; returns the chain id of its top layer."""
-    info = write_oci_layout_tar(busybox_image(), tmp_path / "busybox.tar")
-    result = hostile_daemon.ctr("images", "import", str(tmp_path / "busybox.tar"))
+    tar = tmp_path_factory.mktemp("image") / "busybox.tar"
+    info = write_oci_layout_tar(busybox_image(), tar)
+    result = hostile_daemon.ctr("images", "import", str(tar))
     assert result.returncode == 0, result.stderr
     return info.chain_ids[-1]
 

@@ -57,11 +57,18 @@ def symlink_image() -> Any:
     return dataclasses.replace(base, layers=(*base.layers, links))
 
 
-@pytest.fixture
-def linked_image(hostile_daemon: Daemon, tmp_path: Path) -> str:
+@pytest.fixture(scope="module")
+def hostile_daemon(module_daemon: Daemon) -> Daemon:
+    """One ctrpyd for the module: each test asserts that it left no shim, bundle, mount or task."""
+    return module_daemon
+
+
+@pytest.fixture(scope="module")
+def linked_image(hostile_daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The image, imported and unpacked; returns the chain id of its top layer."""
-    info = write_oci_layout_tar(symlink_image(), tmp_path / "links.tar")
-    result = hostile_daemon.ctr("images", "import", str(tmp_path / "links.tar"))
+    tar = tmp_path_factory.mktemp("image") / "links.tar"
+    info = write_oci_layout_tar(symlink_image(), tar)
+    result = hostile_daemon.ctr("images", "import", str(tar))
     assert result.returncode == 0, result.stderr
     return info.chain_ids[-1]
 
