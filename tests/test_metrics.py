@@ -230,9 +230,14 @@ def test_daemon_gauges(metered: Metered) -> None:
     metered.ctr("run", "-d", IMAGE, "g1", "sleep", "1000")
     metered.ctr("run", "-d", IMAGE, "g2", "sleep", "1000")
     metered.ctr("tasks", "pause", "g2")
-    samples = metered.scrape()
+
+    def once_paused() -> Samples | None:
+        # The gauge follows the tasks' events, which the shims publish after their calls return.
+        samples = metered.scrape()
+        return samples if value(samples, "ctrpy_tasks", state="paused") == 1 else None
+
+    samples = wait_until(once_paused, "g2 to count as paused")
     assert value(samples, "ctrpy_tasks", state="running") == 1
-    assert value(samples, "ctrpy_tasks", state="paused") == 1
     assert value(samples, "ctrpy_shims") == 2
     blobs = metered.daemon.root / "content" / "blobs" / "sha256"
     content = value(samples, "ctrpy_content_bytes") or 0

@@ -322,6 +322,10 @@ class CNI:
         with the sandbox records and tear down the others."""
         return self.cache.sandboxes()
 
+    def sweep_cache(self) -> list[str]:
+        """The cache's temporary files left by a crash mid-write, removed (start-up reconcile)."""
+        return self.cache.sweep_temporaries()
+
     # -- ADD and DEL of one network --------------------------------------------------------
 
     @tracing.traced("cni ADD")

@@ -92,6 +92,23 @@ class ResultCache:
         finally:
             os.close(dirfd)
 
+    def sweep_temporaries(self) -> list[str]:
+        """Remove the temporary files of writes that a crash cut short (the names :meth:`write`
+        gives them, with another process's pid: this process writes with its own); return
+        their paths. The entry each was replacing, if any, is whole: ``os.replace`` never ran."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        own = f".{os.getpid()}.tmp"
+        swept = []
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp") and not name.endswith(own):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.directory, name))
+                    swept.append(os.path.join(self.directory, name))
+        return swept
+
     def remove(self, network: str, container_id: str, ifname: str) -> None:
         """Forget an entry (after its DEL succeeded); a missing one is fine."""
         with contextlib.suppress(FileNotFoundError):

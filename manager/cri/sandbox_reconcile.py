@@ -60,6 +60,8 @@ async def reconcile(sandboxes: Sandboxes) -> None:
             log.info("leftover netns removed", path=leftover.path)
             with contextlib.suppress(CtrpyError):
                 await asyncio.to_thread(netns_mod.remove, leftover.path)
+        for path in await asyncio.to_thread(sandboxes.cni.sweep_cache):
+            log.info("temporary CNI cache file of a cut-short write removed", path=path)
         for sandbox_id in sorted(await asyncio.to_thread(sandboxes.cni.cached_sandboxes) - known):
             log.info("leftover CNI attachment torn down", id=sandbox_id)
             await _bounded(sandboxes.cni.teardown(PodRequest(sandbox_id, "")), sandbox_id)
