@@ -160,6 +160,7 @@ async def _snapshotters(
             continue
         stack.callback(backend.close)
         store = SnapshotStore(db, name, backend)
+        stack.push_async_callback(store.aclose)  # before the backend closes: queued removals
         try:
             await store.recover()
         except (CtrpyError, OSError) as exc:  # a proxy that is not up yet, say: serve anyway

@@ -24,8 +24,14 @@ the Cleanup call runs it too):
   name and labels); commit in the backend; replace the active row by the committed one and
   drop the intent (one transaction). At start-up :meth:`SnapshotStore.recover` finishes an
   intent whose backend commit happened, and drops one whose did not.
-- **remove**: delete the row (refused while the namespace has children of it); then remove the
-  backend snapshot. A failure there is only logged: the snapshot is garbage for cleanup.
+- **remove**: delete the row (refused while the namespace has children of it) and answer;
+  the backend snapshot is removed right after, in a background task of the store (containerd
+  too leaves the bytes to its collector). A failure there is only logged: the snapshot is
+  garbage for cleanup. Background removals run one at a time in the order of the calls, so a
+  parent removed right after its child goes after it; cleanup() first waits for those already
+  queued and never touches a backend snapshot still queued, nor its ancestors. At shutdown
+  :meth:`SnapshotStore.aclose` waits a little for them; what is left then is an unreferenced
+  backend snapshot, which the start-up cleanup removes.
 
 Within the process, decisions are serialized by one lock per snapshotter, and what is being
 created is *claimed* in memory until recorded (keys and names, parents in use, backend keys in
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -66,6 +72,8 @@ INHERITED_PREFIX = "containerd.io/snapshot/"
 SNAPSHOT_REF_LABEL = "containerd.io/snapshot.ref"
 # For NamespaceStore.extra_owners: a namespace holding snapshots cannot be deleted.
 NAMESPACE_OWNER = ("snapshots", "snapshots")
+# How long aclose() waits for queued backend removals before leaving them to the next start.
+CLOSE_GRACE = 10.0
 
 
 def inherited_labels(labels: Mapping[str, str]) -> dict[str, str]:
@@ -87,6 +95,16 @@ def _translated(error: CtrpyError, names: Mapping[str, str]) -> CtrpyError:
         if backend_key:
             message = message.replace(backend_key, names[backend_key])
     return type(error)(message)
+
+
+def _with_ancestors(keys: Iterable[str], parents: Mapping[str, str]) -> set[str]:
+    """``keys`` and every ancestor of them by ``parents`` (backend key to parent key)."""
+    found: set[str] = set()
+    for key in keys:
+        while key and key not in found:
+            found.add(key)
+            key = parents.get(key, "")
+    return found
 
 
 def _report_orphaned(task: asyncio.Future[Any]) -> None:
@@ -123,6 +141,9 @@ class SnapshotStore:
         self._committing: set[tuple[str, str]] = set()  # active keys being committed
         self._parents: collections.Counter[tuple[str, str]] = collections.Counter()
         self._in_flight: set[str] = set()  # backend keys no row references yet
+        self._discarding: set[str] = set()  # backend keys whose row is gone, queued for removal
+        self._discards: set[asyncio.Task[None]] = set()  # their tasks (held: not collected)
+        self._removing = asyncio.Lock()  # one backend removal (or cleanup sweep) at a time, FIFO
 
     async def _backend(self, names: Mapping[str, str], fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -257,18 +278,37 @@ class SnapshotStore:
             if self._parents[(namespace, key)] > 0:
                 raise FailedPrecondition(f'cannot remove snapshot "{key}" with child')
             backend_key = await self.db.run(self._tables.delete, namespace, key, lease)
-        await self._discard(backend_key)
+            # Still under the lock: a cleanup() reading the rows now sees the key as queued.
+            self._discarding.add(backend_key)
+            task = asyncio.get_running_loop().create_task(self._discard_queued(backend_key))
+            self._discards.add(task)
+            task.add_done_callback(self._discards.discard)
+
+    async def _discard_queued(self, backend_key: str) -> None:
+        try:
+            await self._discard(backend_key)
+        finally:
+            self._discarding.discard(backend_key)
 
     async def _discard(self, backend_key: str) -> None:
         """Remove a backend snapshot no row references; a failure leaves it to cleanup()."""
-        try:
-            await asyncio.to_thread(self.backend.remove, backend_key)
-        except NotFound:
-            pass
-        except Exception as error:
-            log.warning(
-                "backend snapshot left for cleanup", snapshotter=self.name, key=backend_key, error=str(error)
-            )
+        async with self._removing:
+            try:
+                await asyncio.to_thread(self.backend.remove, backend_key)
+            except NotFound:
+                pass
+            except Exception as error:
+                log.warning(
+                    "backend snapshot left for cleanup", snapshotter=self.name, key=backend_key, error=str(error)
+                )
+
+    async def aclose(self, grace: float = CLOSE_GRACE) -> None:
+        """Wait up to ``grace`` seconds for queued backend removals (ctrpyd stopping); those
+        not done are unreferenced backend snapshots for the start-up cleanup."""
+        if self._discards:
+            _, pending = await asyncio.wait(set(self._discards), timeout=grace)
+            if pending:
+                log.warning("backend removals left for the next start", snapshotter=self.name, count=len(pending))
 
     # --- reading and labels ----------------------------------------------------------------
 
@@ -334,11 +374,19 @@ class SnapshotStore:
 
     async def cleanup(self) -> int:
         """Remove backend snapshots no namespace references (children first), then the
-        backend's own leftovers; return how many snapshots went."""
+        backend's own leftovers; return how many snapshots went.
+
+        Backend removals that Remove calls queued before are waited for first; one queued
+        meanwhile is left alone, with its ancestors (their removal would fail on it).
+        """
+        if self._discards:  # (their failures are logged by them, never raised)
+            await asyncio.wait(set(self._discards))
         async with self._lock:
             in_flight = set(self._in_flight)  # read before the rows: see the module docstring
+            discarding = set(self._discarding)
             referenced = await self.db.run(self._tables.backend_keys) | in_flight
             infos = await asyncio.to_thread(lambda: list(self.backend.walk()))
+        referenced |= _with_ancestors(discarding, {i.name: i.parent for i in infos})
         orphans = {i.name: i for i in infos if i.name not in referenced}
         children: dict[str, list[str]] = collections.defaultdict(list)
         for info in orphans.values():
@@ -354,19 +402,20 @@ class SnapshotStore:
             if info.parent not in orphans:
                 visit(name)
         removed = 0
-        for name in order:
-            try:
-                await asyncio.to_thread(self.backend.remove, name)
-                removed += 1
-            except NotFound:
-                pass
-            except CtrpyError as error:
-                log.warning(
-                    "cannot remove unreferenced snapshot", snapshotter=self.name, key=name, error=str(error)
-                )
-        if removed:
-            log.info("removed unreferenced snapshots", snapshotter=self.name, count=removed)
-        await asyncio.to_thread(self.backend.cleanup)
+        async with self._removing:  # the backend's sweep must not meet a removal half done
+            for name in order:
+                try:
+                    await asyncio.to_thread(self.backend.remove, name)
+                    removed += 1
+                except NotFound:
+                    pass
+                except CtrpyError as error:
+                    log.warning(
+                        "cannot remove unreferenced snapshot", snapshotter=self.name, key=name, error=str(error)
+                    )
+            if removed:
+                log.info("removed unreferenced snapshots", snapshotter=self.name, count=removed)
+            await asyncio.to_thread(self.backend.cleanup)
         return removed
 
     async def recover(self) -> None:
