@@ -231,20 +231,6 @@ def test_same_name_gets_the_same_pod_and_a_different_config_is_refused(pods: Pod
     _cleanup(pods, second)
 
 
-def test_a_retry_while_the_first_call_is_still_running_gets_its_pod(pods: PodDaemon) -> None:
-    config = pods.pod("slowretry", uid="uid-slow")
-    # The first call gives up almost at once (as a kubelet whose deadline passed); the
-    # creation goes on in ctrpyd, and the retry is answered with that same sandbox.
-    with pytest.raises(errors.DeadlineExceeded):
-        pods.run(config, timeout=0.05)
-    sandbox_id = pods.run(config)
-    try:
-        assert pods.status(sandbox_id).status.state == api.SANDBOX_READY
-        assert [i.id for i in pods.list() if i.metadata.name == "slowretry"] == [sandbox_id]
-    finally:
-        _cleanup(pods, sandbox_id)
-
-
 def test_bad_requests(pods: PodDaemon) -> None:
     with pytest.raises(errors.InvalidArgument):
         pods.run(api.PodSandboxConfig(metadata=api.PodSandboxMetadata(name="x")))

@@ -72,3 +72,18 @@ def test_a_pod_claimed_by_a_retry_or_by_its_id_stays(shortd: PodDaemon) -> None:
         for sandbox_id in (retried, named):
             shortd.stop_pod(sandbox_id)
             shortd.remove_pod(sandbox_id)
+
+
+def test_a_retry_while_the_first_call_is_still_running_gets_its_pod(shortd: PodDaemon) -> None:
+    # The first call gives up while the creation is held at its stall point (as a kubelet whose
+    # deadline passed); the retry comes meanwhile and is answered with that same sandbox.
+    config = shortd.pod("slowretry", uid="uid-slow")
+    with pytest.raises(errors.DeadlineExceeded):
+        shortd.run(config, timeout=STALL / 4)
+    sandbox_id = shortd.run(config)
+    try:
+        assert shortd.status(sandbox_id).status.state == api.SANDBOX_READY
+        assert [p.id for p in shortd.list() if p.metadata.name == "slowretry"] == [sandbox_id]
+    finally:
+        shortd.stop_pod(sandbox_id)
+        shortd.remove_pod(sandbox_id)
