@@ -148,7 +148,8 @@ class Hierarchies:
         return cgroups2.METRICS if self.unified is not None else METRICS
 
 
-def _read(directory: str, name: str) -> str:
+def read_file(directory: str, name: str) -> str:
+    """One cgroup file's text (at most 64 KiB; an interface file is small)."""
     fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 65536).decode("ascii", "replace")
@@ -205,7 +206,7 @@ def _add(samples: Samples, name: str, value: float, labels: tuple[str, ...] = ()
 def _maybe(directory: str, name: str) -> str:
     """A file that a kernel (or a controller's mount) may lack: empty text then."""
     try:
-        return _read(directory, name)
+        return read_file(directory, name)
     except OSError:
         return ""
 
@@ -223,8 +224,8 @@ def read(where: Hierarchies, path: str, names: Mapping[tuple[int, int], str]) ->
     assert where.cpuacct is not None and where.memory is not None
     cpuacct = os.path.join(where.cpuacct, relative)
     memory = os.path.join(where.memory, relative)
-    total = _int(_read(cpuacct, "cpuacct.usage"))
-    stat = _pairs(_read(memory, "memory.stat"))
+    total = _int(read_file(cpuacct, "cpuacct.usage"))
+    stat = _pairs(read_file(memory, "memory.stat"))
     _add(samples, "container_cpu_total_nanoseconds", total)
     ticks = _pairs(_maybe(cpuacct, "cpuacct.stat"))
     scale = 1_000_000_000 / where.clock_ticks

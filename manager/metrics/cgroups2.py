@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from .cgroups import COUNTER, Metric, Samples
+from .cgroups import COUNTER, Metric, Samples, read_file
 
 #: What containerd's cgroups library reports for "max".
 UNLIMITED = 2**64 - 1
@@ -79,18 +79,10 @@ def _metrics() -> dict[str, Metric]:
 METRICS = _metrics()
 
 
-def _read(directory: str, name: str) -> str:
-    fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, 65536).decode("ascii", "replace")
-    finally:
-        os.close(fd)
-
-
 def _maybe(directory: str, name: str) -> str | None:
     """A file's text, None when this cgroup (or kernel) has no such file."""
     try:
-        return _read(directory, name)
+        return read_file(directory, name)
     except FileNotFoundError:
         return None
 

@@ -1,6 +1,6 @@
 """Fixtures for CRI containers: one ctrpyd with the CRI on, a network of its own and the busybox
 test image in ``k8s.io`` for the module; a fresh pod per test (removed with its containers); a
-ctrpyd of the test's own for tests that kill or restart it."""
+ctrpyd of the test's own for tests that kill or restart it, started or (``crashd``) not yet."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ def podd(tmp_path: Path) -> Iterator[PodDaemon]:
     """A started ctrpyd with the busybox image for the test alone (it may kill or restart it)."""
     with busybox_daemon(tmp_path) as daemon:
         yield daemon
+
+
+@pytest.fixture
+def crashd() -> Iterator[PodDaemon]:
+    """A ctrpyd for the test alone, not started (the test sets its failpoints first), reaped."""
+    daemon = PodDaemon()
+    try:
+        yield daemon
+    finally:
+        daemon.reap()
 
 
 @pytest.fixture

@@ -9,8 +9,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+from ctrpy import errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.cri import CriClient
+from ctrpy.manager import failpoints
 from ctrpy.testimage import busybox_image, write_oci_layout_tar
 from tests.cri_sandbox.support import PodDaemon
 
@@ -132,3 +136,30 @@ def make_pod(daemon: PodDaemon, work: Path, name: str = "") -> Pod:
 def log_lines(text: str) -> list[str]:
     """The content of each CRI log record (``<time> <stream> <P|F> <content>``)."""
     return [line.split(" ", 3)[3] if line.count(" ") >= 3 else "" for line in text.splitlines()]
+
+
+def crash_in_create(daemon: PodDaemon, work: Path, name: str) -> tuple[Pod, api.ContainerConfig]:
+    """Start ``daemon`` (not started yet) to die in CreateContainer once the snapshot is made,
+    make a pod and create container ``name`` in it: ctrpyd is killed there. The pod, and the
+    container's config for a create after the restart."""
+    point = failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT
+    daemon.failpoints = point
+    daemon.start()
+    import_busybox(daemon, work)
+    pod = make_pod(daemon, work)
+    config = pod.container_config(name, "sleep", "600")
+    with pytest.raises(errors.CtrpyError):
+        pod.create(config)
+    pod.made.clear()
+    daemon.died(point)
+    daemon.failpoints = ""
+    return pod, config
+
+
+def assert_only_the_pod_left(daemon: PodDaemon, pod: Pod) -> None:
+    """No CRI container, and of ``k8s.io``'s containers and active snapshots only the pod's."""
+    assert pod.list() == []
+    assert daemon.ctr("containers", "ls", "-q", namespace="k8s.io").stdout.split() == [pod.id]
+    active = [line.split()[0] for line in daemon.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()
+              if "Active" in line]
+    assert active == [pod.id]

@@ -5,48 +5,20 @@ whose spec commit was lost. Neither leaves anything after a restart."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from ctrpy import errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
-from ctrpy.manager import failpoints
-from tests.cri_container.support import import_busybox, make_pod
+from tests.cri_container.support import assert_only_the_pod_left, crash_in_create, import_busybox, make_pod
 from tests.cri_sandbox.support import PodDaemon
 
 
-@pytest.fixture
-def crashd() -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        yield daemon
-    finally:
-        daemon.reap()
-
-
 def test_container_without_its_intent_record_is_swept(crashd: PodDaemon, tmp_path: Path) -> None:
-    point = failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT
-    crashd.failpoints = point
-    crashd.start()
-    import_busybox(crashd, tmp_path)
-    pod = make_pod(crashd, tmp_path)
-    config = pod.container_config("lost", "sleep", "600")
-    with pytest.raises(errors.CtrpyError):
-        pod.create(config)
-    pod.made.clear()
-    crashd.died(point)
+    pod, config = crash_in_create(crashd, tmp_path, "lost")
     records = list((crashd.root / "cri" / "containers").glob("*.json"))
     assert len(records) == 1
     records[0].unlink()  # what a power cut may do to a record that was never fsynced
-    crashd.failpoints = ""
     crashd.start()
-    assert pod.list() == []
-    assert crashd.ctr("containers", "ls", "-q", namespace="k8s.io").stdout.split() == [pod.id]
-    active = [line.split()[0] for line in crashd.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()
-              if "Active" in line]
-    assert active == [pod.id]
+    assert_only_the_pod_left(crashd, pod)
     container_id = pod.create(config)  # the name is free
     pod.start(container_id)
     assert pod.state(container_id) == api.CONTAINER_RUNNING

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,13 @@ from ctrpy import errors
 from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.manager import failpoints
 from tests.crash.support import alive
-from tests.cri_container.support import import_busybox, log_lines, make_pod
+from tests.cri_container.support import (
+    assert_only_the_pod_left,
+    crash_in_create,
+    import_busybox,
+    log_lines,
+    make_pod,
+)
 from tests.cri_sandbox.support import PodDaemon
 from tests.support.polling import wait_until
 
@@ -61,33 +66,10 @@ def test_containers_survive_a_restart(podd: PodDaemon, tmp_path: Path, how: str)
     assert [c for c in pod.list() if c.pod_sandbox_id == pod.id] == []
 
 
-@pytest.fixture
-def crashd(tmp_path: Path) -> Iterator[PodDaemon]:
-    daemon = PodDaemon()
-    try:
-        yield daemon
-    finally:
-        daemon.reap()
-
-
 def test_kill9_during_create_leaves_nothing_after_restart(crashd: PodDaemon, tmp_path: Path) -> None:
-    point = failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT
-    crashd.failpoints = point
+    pod, config = crash_in_create(crashd, tmp_path, "crashy")
     crashd.start()
-    import_busybox(crashd, tmp_path)
-    pod = make_pod(crashd, tmp_path)
-    config = pod.container_config("crashy", "sleep", "600")
-    with pytest.raises(errors.CtrpyError):
-        pod.create(config)
-    pod.made.clear()
-    crashd.died(point)
-    crashd.failpoints = ""
-    crashd.start()
-    assert pod.list() == []
-    assert crashd.ctr("containers", "ls", "-q", namespace="k8s.io").stdout.split() == [pod.id]
-    active = [line.split()[0] for line in crashd.ctr("snapshots", "ls", namespace="k8s.io").stdout.splitlines()
-              if "Active" in line]
-    assert active == [pod.id]
+    assert_only_the_pod_left(crashd, pod)
     assert list((crashd.root / "cri" / "containers").glob("*")) == []
     container_id = pod.create(config)  # the name is free again
     pod.start(container_id)
