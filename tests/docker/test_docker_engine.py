@@ -137,7 +137,17 @@ def test_run_with_a_terminal_follows_resizes(engine: DockerEngine) -> None:
         terminal.read_until(b"# ")
         terminal.resize(33, 111)  # the client sends the new size: Tasks.ResizePty of the init
         size = ("exec", "tty2", "sh", "-c", "stty size < /proc/1/fd/0")  # the init's terminal
-        wait_for(lambda: engine.docker(*size).stdout == "33 111\n", "the new terminal size")
+
+        def resized() -> bool:
+            if engine.docker(*size).stdout == "33 111\n":
+                return True
+            # The SIGWINCH may have come before the client set its handler (then it is lost):
+            # change the size again. The kernel signals only a change, hence the detour.
+            terminal.resize(33, 110)
+            terminal.resize(33, 111)
+            return False
+
+        wait_for(resized, "the new terminal size")
         terminal.write(b"stty size; exit 3\n")
         terminal.read_until(b"33 111")
         assert terminal.wait() == 3
