@@ -26,19 +26,12 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor_pool
 
-from ..services.edge import WrappingInterceptor
-
-if TYPE_CHECKING:
-    Context = grpc.aio.ServicerContext[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    Context = grpc.aio.ServicerContext
-    Handler = grpc.RpcMethodHandler
+from ..services.edge import Context, Handler, WrappingInterceptor
 
 #: prometheus.DefBuckets, which go-grpc-prometheus uses unless told otherwise.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -159,15 +152,21 @@ async def _counted(requests: AsyncIterator[Any], stats: MethodStats) -> AsyncIte
         yield request
 
 
+def _begin(stats: MethodStats, request: Any, streaming_request: bool) -> tuple[Any, float]:
+    """Count a call's start and its request (each message of a request stream as it comes);
+    the request to pass on, and when the call began."""
+    stats.started += 1
+    if streaming_request:
+        request = _counted(request, stats)
+    else:
+        stats.received += 1
+    return request, time.perf_counter()
+
+
 def _wrap_unary(stats: MethodStats, inner: Callable[..., Awaitable[Any]], streaming_request: bool
                 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        stats.started += 1
-        if streaming_request:
-            request = _counted(request, stats)
-        else:
-            stats.received += 1
-        began = time.perf_counter()
+        request, began = _begin(stats, request, streaming_request)
         code = "Unknown"
         try:
             response = await inner(request, context)
@@ -190,12 +189,7 @@ def _wrap_unary(stats: MethodStats, inner: Callable[..., Awaitable[Any]], stream
 def _wrap_streaming(stats: MethodStats, inner: Callable[..., Any], streaming_request: bool
                     ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        stats.started += 1
-        if streaming_request:
-            request = _counted(request, stats)
-        else:
-            stats.received += 1
-        began = time.perf_counter()
+        request, began = _begin(stats, request, streaming_request)
         code = "Unknown"
         try:
             responses = inner(request, context)

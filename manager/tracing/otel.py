@@ -49,16 +49,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from ctrpy import namespaces
 from ctrpy.shim import steps as shim_steps
 
-from ..services.edge import WrappingInterceptor
+from ..services.edge import Context, Handler, WrappingInterceptor
 
 if TYPE_CHECKING:
     from ctrpy.manager.config import TracingConfig
-
-    Context = grpc.aio.ServicerContext[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    Context = grpc.aio.ServicerContext
-    Handler = grpc.RpcMethodHandler
 
 log = structlog.get_logger(__name__)
 
