@@ -57,6 +57,24 @@ def configure_logging() -> None:
     )
 
 
+class Reply:
+    """The shim's one reply to whoever started it, on ``fd``: its address, or an error. Called
+    by the server once it serves; ``sent`` tells a failure after that from one before it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sent = False
+
+    def __call__(self, reply: dict[str, Any]) -> None:
+        self.sent = True
+        write_reply(self.fd, reply)
+
+    def error(self, exc: BaseException) -> None:
+        """Report ``exc``, unless the reply went already."""
+        if not self.sent:
+            self({"error": str(exc) or type(exc).__name__})
+
+
 def write_reply(fd: int, reply: dict[str, Any]) -> None:
     """Write one JSON line to ``fd`` and close it (errors ignored: the reader may be gone)."""
     try:
@@ -152,19 +170,12 @@ def _become_shim(config: ShimConfig, reply_fd: int, inherited: Sequence[socket.s
     os.umask(0o022)
     set_process_name()
     configure_logging()
-    replied = False
-
-    def report(reply: dict[str, Any]) -> None:
-        nonlocal replied
-        replied = True
-        write_reply(reply_fd, reply)
-
+    report = Reply(reply_fd)
     try:
         asyncio.run(serve(config, report))
     except BaseException as exc:
         logging.getLogger("ctrpy.shim").exception("shim failed")
-        if not replied:
-            report({"error": str(exc) or type(exc).__name__})
+        report.error(exc)
         return 1
     return 0
 

@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 
@@ -37,12 +36,12 @@ from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
 
 from .config import ShimConfig
 from .daemon import (
+    Reply,
     configure_logging,
     detach_descriptors,
     fork_detached,
     open_log,
     set_process_name,
-    write_reply,
 )
 from .server import Listening, claim_socket, listen, serve
 
@@ -153,25 +152,18 @@ async def _serve_spare(socket_dir: str, ctl: socket.socket) -> int:
         await _abandon(listening, path)
         return 0
     request, reply_fd = claim
-    replied = False
-
-    def report(reply: dict[str, Any]) -> None:
-        nonlocal replied
-        replied = True
-        write_reply(reply_fd, reply)
-
+    report = Reply(reply_fd)
     try:
         config = _take(request, path)
     except BaseException as exc:
-        report({"error": str(exc) or type(exc).__name__})
+        report.error(exc)
         await _abandon(listening, path)
         return 1
     try:
         await serve(config, report, listening)
     except BaseException as exc:
         log.exception("shim failed")
-        if not replied:
-            report({"error": str(exc) or type(exc).__name__})
+        report.error(exc)
         return 1
     return 0
 
