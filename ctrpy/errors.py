@@ -165,3 +165,17 @@ def from_grpc(error: grpc.RpcError) -> CtrpyError:
     details = error.details() if hasattr(error, "details") else str(error)
     cls = _BY_CODE.get(code, CtrpyError)
     return cls(details or "")
+
+
+_BY_NUMBER: dict[int, type[CtrpyError]] = {code.value[0]: cls for code, cls in _BY_CODE.items()}
+
+
+def status_number(error: CtrpyError) -> int:
+    """The numeric status code of ``error`` (gRPC's numbering, which ttrpc shares)."""
+    number: int = error.code.value[0]
+    return number
+
+
+def from_status(code: int, message: str) -> CtrpyError:
+    """The error kind a numeric status code and its message stand for (a ttrpc answer's)."""
+    return _BY_NUMBER.get(code, CtrpyError)(message)
