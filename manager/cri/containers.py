@@ -68,7 +68,7 @@ from .. import failpoints
 from ..diff.mounts import readonly_mounts
 from ..events import Envelope, Exchange
 from ..metadata.containers import ContainerStore as MetaContainers
-from ..metadata.db import Database
+from ..metadata.db import Database, deferred_sync
 from ..metadata.snapshots import SnapshotStore
 from ..runtime import Stdio
 from ..runtime.bundle import Bundle
@@ -338,18 +338,21 @@ class Containers:
             extensions=MappingProxyType({METADATA_EXTENSION: AnyValue(METADATA_URL, json.dumps(metadata).encode())}),
         )  # fmt: skip
         times.mark("labels")
-        written, made = await asyncio.gather(asyncio.to_thread(self.store.put, record, durable=False),
-                                             self.db.run(self.meta.create, container), return_exceptions=True)
-        if isinstance(written, BaseException):
-            raise written
-        if isinstance(made, BaseException):
-            raise made
-        created = made
-        times.mark("intent_and_container")
-        store = self.snapshot_store(record)
-        pod_userns = userns.pod_userns(pod.linux.security_context.namespace_options)
-        mounts, _ = await userns.prepare_rootfs(store, self.db, image.facts.chain_id, pod_userns, record.id,
-                                                os.path.join(self.state, "cri", "mnt"))
+        # The container record and the snapshot's row skip their fsync: the spec's commit
+        # below is fsynced before the call answers, and makes them durable with it.
+        with deferred_sync():
+            written, made = await asyncio.gather(asyncio.to_thread(self.store.put, record, durable=False),
+                                                 self.db.run(self.meta.create, container), return_exceptions=True)
+            if isinstance(written, BaseException):
+                raise written
+            if isinstance(made, BaseException):
+                raise made
+            created = made
+            times.mark("intent_and_container")
+            store = self.snapshot_store(record)
+            pod_userns = userns.pod_userns(pod.linux.security_context.namespace_options)
+            mounts, _ = await userns.prepare_rootfs(store, self.db, image.facts.chain_id, pod_userns, record.id,
+                                                    os.path.join(self.state, "cri", "mnt"))
         times.mark("snapshot")
         failpoints.hit(failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT)
         await failpoints.stall(failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT)

@@ -113,7 +113,8 @@ class SnapshotTables:
         transaction begins, and only trusted once this one has committed."""
         if self._next_number <= self._last_number:
             return
-        with self.db.transaction() as conn:
+        # Fsynced even inside deferred_sync: numbers handed out must stay used after a power cut.
+        with self.db.transaction(sync=True) as conn:
             (last,) = conn.execute(
                 "INSERT INTO snapshot_sequences (snapshotter, last) VALUES (?, ?)"
                 " ON CONFLICT (snapshotter) DO UPDATE SET last = last + ? RETURNING last",
