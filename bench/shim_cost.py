@@ -51,7 +51,7 @@ async def measure(
             task = await env.task(f"{mode}{i}", ["sleep", "1000"], start_shim=False)
             t0 = time.perf_counter()
             task.client = await env.launcher.start_shim(task.bundle)
-            await task.client.info()  # the first call, over a channel that connects now
+            await task.client.info()  # the first call, over a ttrpc connection dialled now
             starts.append((time.perf_counter() - t0) * 1000)
             await task.create(task.stdio())
             await task.shim.start()

@@ -12,6 +12,10 @@ The file (``ctrpyd --config FILE``; ``ctrpyd config default`` prints the default
     gid = 0
     mode = "0660"                    # root-only by default
 
+    [ttrpc]                          # the shims' socket: they send their task events here
+    address = ""                     # "": the [grpc] address + ".ttrpc", as containerd's
+    # uid = 0, gid = 0               # its owner; unset: [grpc]'s (the mode is always [grpc]'s)
+
     [log]
     level = "info"                   # debug, info, warning, error
     format = "console"               # console (for people) or json
@@ -312,6 +316,11 @@ class Config:
     socket_uid: int = 0
     socket_gid: int = 0
     socket_mode: int = 0o660
+    # [ttrpc]: the socket the shims talk to (their task events). None: beside the gRPC socket,
+    # its path + ".ttrpc", with its owner (see ttrpc_socket, ttrpc_owner).
+    ttrpc_address: Path | None = None
+    ttrpc_uid: int | None = None
+    ttrpc_gid: int | None = None
     log_level: str = "info"
     log_format: str = "console"
     default_snapshotter: str = "overlayfs"
@@ -338,6 +347,18 @@ class Config:
     cri: CriConfig = field(default_factory=CriConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+
+    @property
+    def ttrpc_socket(self) -> Path:
+        """Where ctrpyd serves ttrpc for its shims: ``[ttrpc] address``, else containerd's
+        default, the gRPC socket's path with ``.ttrpc`` added (so ``--address`` moves both)."""
+        return self.ttrpc_address or Path(f"{self.address}.ttrpc")
+
+    @property
+    def ttrpc_owner(self) -> tuple[int, int]:
+        """The ttrpc socket's uid and gid: ``[ttrpc] uid/gid``, else the gRPC socket's."""
+        uid = self.socket_uid if self.ttrpc_uid is None else self.ttrpc_uid
+        return uid, self.socket_gid if self.ttrpc_gid is None else self.ttrpc_gid
 
     @property
     def cri_registry_config_path(self) -> str:
@@ -392,6 +413,20 @@ def _parse_transfer(table: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _parse_ttrpc(table: dict[str, Any]) -> dict[str, Any]:
+    """The ``[ttrpc]`` section as Config fields (``address = ""``: the default place)."""
+    if unknown := set(table) - {"address", "uid", "gid"}:
+        raise InvalidArgument(f"config: unknown keys in [ttrpc]: {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    if "address" in table:
+        address = _expect(table, "address", str, "ttrpc.")
+        values["ttrpc_address"] = Path(address) if address else None
+    for key in ("uid", "gid"):
+        if key in table:
+            values[f"ttrpc_{key}"] = _expect(table, key, int, "ttrpc.")
+    return values
+
+
 def parse(text: str, base: Config = Config()) -> Config:
     """Apply a TOML document over ``base``. Unknown keys are errors, so typos do not go unseen."""
     try:
@@ -401,7 +436,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     values: dict[str, Any] = {}
     known = {
         "version", "root", "state", "grpc", "log", "snapshotter", "diff", "proxy_plugins", "shim", "runtimes", "gc",
-        "transfer", "cri", "metadata", "metrics", "tracing",
+        "transfer", "cri", "metadata", "metrics", "tracing", "ttrpc",
     }
     if unknown := set(data) - known:
         raise InvalidArgument(f"config: unknown keys {sorted(unknown)}")
@@ -448,6 +483,7 @@ def parse(text: str, base: Config = Config()) -> Config:
     if "gc" in data:
         values["gc"] = _parse_gc(data["gc"], base.gc)
     values.update(_parse_transfer(data.get("transfer", {})))
+    values.update(_parse_ttrpc(_expect(data, "ttrpc", dict, "") if "ttrpc" in data else {}))
     if "cri" in data:
         values["cri"] = _parse_cri(_expect(data, "cri", dict, ""), base.cri)
     if "metrics" in data:
@@ -481,14 +517,22 @@ def validate(config: Config) -> Config:
     if config.content_sharing_policy not in SHARING_POLICIES:
         raise InvalidArgument(f"config: metadata.content_sharing_policy {config.content_sharing_policy!r} "
                               f"is not one of {SHARING_POLICIES}")
-    for path in (config.root, config.state, config.address):
+    for path in (config.root, config.state, config.address, config.ttrpc_socket):
         if not path.is_absolute():
             raise InvalidArgument(f"config: {path} must be an absolute path")
+    if config.ttrpc_socket == config.address:
+        raise InvalidArgument(f"config: ttrpc.address {config.ttrpc_socket} is the gRPC socket's address")
     return config
 
 
 def load(path: Path) -> Config:
     return parse(path.read_text())
+
+
+def _unset_ttrpc_owner(config: Config) -> list[str]:
+    """A comment naming the ``[ttrpc]`` owner keys left to ``[grpc]``'s, if any."""
+    unset = [key for key in ("uid", "gid") if getattr(config, f"ttrpc_{key}") is None]
+    return [f"# {', '.join(unset)} unset: [grpc]'s"] if unset else []
 
 
 def render(config: Config) -> str:
@@ -507,6 +551,13 @@ def render(config: Config) -> str:
         f"uid = {config.socket_uid}",
         f"gid = {config.socket_gid}",
         f'mode = "{config.socket_mode:04o}"',
+        "",
+        "[ttrpc]",
+        f"address = {q(config.ttrpc_address or '')}"
+        + ("" if config.ttrpc_address else f"   # {q(config.ttrpc_socket)}, beside [grpc] address"),
+        *([f"uid = {config.ttrpc_uid}"] if config.ttrpc_uid is not None else []),
+        *([f"gid = {config.ttrpc_gid}"] if config.ttrpc_gid is not None else []),
+        *_unset_ttrpc_owner(config),
         "",
         "[log]",
         f"level = {q(config.log_level)}",

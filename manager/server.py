@@ -1,7 +1,8 @@
 """The composition root of ctrpyd: build everything in order, serve, and unwind in reverse.
 
 ``serve(config)`` opens the metadata database, makes the stores and the event exchange, builds
-the servicers on top, and serves them on the unix socket until a signal arrives. Each piece is
+the servicers on top, and serves them on the unix socket until a signal arrives; beside it, the
+ttrpc socket its shims send their task events to (``[ttrpc]``, :func:`_serve_ttrpc`). Each piece is
 pushed onto an ``AsyncExitStack`` as it is made, so shutdown (or a failure half-way through
 start-up) closes them in reverse order. containerd: ``cmd/containerd/server/server.go``.
 """
@@ -25,6 +26,7 @@ from google.protobuf import descriptor as pb_descriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ctrpy import ttrpc
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2
 from ctrpy.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
@@ -76,6 +78,8 @@ from .services.snapshots import SnapshotsServicer
 from .services.streaming import StreamingServicer
 from .services.tasks import TasksServicer
 from .services.transfer import TransferServicer
+from .services.ttrpc_events import SERVICE as TTRPC_EVENTS
+from .services.ttrpc_events import TtrpcEventsService
 from .services.version import VersionServicer
 from .tasks.manager import TaskManager
 from .transfer import StreamManager, Transfers, TransferSettings
@@ -85,6 +89,8 @@ log = structlog.get_logger(__name__)
 # ctr sends up to 16 MiB messages; accept the same.
 MAX_MESSAGE = 16 * 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Forward answers at once: a second is plenty for one in flight at shutdown.
+TTRPC_GRACE_SECONDS = 1.0
 GRPC_PLUGIN = "io.containerd.grpc.v1"
 SNAPSHOTTER_PLUGIN = "io.containerd.snapshotter.v1"
 
@@ -130,6 +136,34 @@ def _claim_socket(address: Path) -> None:
         raise Unavailable(f"address {address} is in use by a running server")
     finally:
         probe.close()
+
+
+async def _serve_ttrpc(config: Config, exchange: Exchange, stack: contextlib.AsyncExitStack) -> None:
+    """Serve the shims' ttrpc socket, containerd's convention: ``[ttrpc] address`` (by default
+    the gRPC socket's path + ".ttrpc"), made like the gRPC socket (a stale file replaced, a live
+    server refused; created owner-only, then given its owner and the gRPC socket's mode), removed
+    at shutdown. Shims forward their task events there (:mod:`.services.ttrpc_events`)."""
+    server = ttrpc.Server()
+    server.register(TTRPC_EVENTS, TtrpcEventsService(exchange).methods())
+    path = config.ttrpc_socket
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    _claim_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        stack.callback(path.unlink, missing_ok=True)
+        sock.listen(socket.SOMAXCONN)
+        os.chown(path, *config.ttrpc_owner)
+        os.chmod(path, config.socket_mode)
+        await server.start(sock)  # the server owns the socket from here
+    except BaseException:
+        sock.close()
+        raise
+    stack.push_async_callback(server.shutdown, TTRPC_GRACE_SECONDS)  # before the file goes
 
 
 async def _snapshotters(
@@ -304,7 +338,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add_plugin(Plugin("io.containerd.runtime.v2", "task", platforms=(("linux", _host_arch()),),
                                    exports={"state": str(config.state / "tasks")}))
         launcher = ShimLauncher(
-            config.state, str(config.address), use_template=config.shim_template, spare=config.shim_spare,
+            config.state, str(config.ttrpc_socket), use_template=config.shim_template, spare=config.shim_spare,
             timeouts=ShimTimeouts(config.shim_call_timeout, config.shim_state_timeout),
         )  # fmt: skip
         await launcher.start(wait=False)  # the template comes up while the tasks are taken back
@@ -337,6 +371,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         # take what a client makes without a lease in its first moments (see gc/scheduler.py).
         await gc_scheduler.startup_collection()
         _claim_socket(config.address)
+        await _serve_ttrpc(config, exchange, stack)
         old_umask = os.umask(0o177)  # the socket is created owner-only, then opened to the group
         try:
             server.add_insecure_port(f"unix:{config.address}")
@@ -368,7 +403,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(signum, on_signal, signum)
             stack.callback(loop.remove_signal_handler, signum)
 
-        log.info("ctrpyd serving", address=str(config.address), root=str(config.root), state=str(config.state))
+        log.info("ctrpyd serving", address=str(config.address), ttrpc=str(config.ttrpc_socket), root=str(config.root),
+                 state=str(config.state))
         notifier.send(f"READY=1\nSTATUS=serving on {config.address}")
         memtrim.trim()  # what start-up freed goes back to the kernel (see manager/memtrim.py)
         if ready is not None:

@@ -4,13 +4,13 @@ Kubernetes' Attach streams a running container's output to a client and (when th
 created with ``stdin``) the client's input to the container. containerd's CRI plugin does this in
 the daemon, which holds the container's FIFOs. ctrpy's shim holds the container's stdio and
 writes the CRI log itself (:mod:`ctrpy.shim.crilog`), so it also serves attach clients: each
-connects to a unix socket next to the shim's gRPC socket, and the shim copies the output to
+connects to a unix socket next to the shim's ttrpc socket, and the shim copies the output to
 every client besides the log, and what clients send into the container's stdin. Since the socket
 belongs to the shim, attaching works the same before and after ctrpyd restarts.
 
-Why a socket of our own rather than a streaming call on the shim's gRPC server: the task
+Why a socket of our own rather than a streaming call on the shim's ttrpc server: the task
 service is containerd's API (no room for a call of ours without a second service and its
-generated code), gRPC's flow control would hide a slow client where the shim must see it at
+generated code), an RPC stream's flow control would hide a slow client where the shim must see it at
 once (here: the size of the socket's send buffer), and a plain stream needs nothing but the
 standard library on both ends.
 
@@ -87,7 +87,7 @@ def parse_uri(value: str) -> Options:
 
 
 def socket_for(shim_socket: str) -> str:
-    """The attach socket of the shim whose gRPC socket is at ``shim_socket`` (a path)."""
+    """The attach socket of the shim whose ttrpc socket is at ``shim_socket`` (a path)."""
     return shim_socket + SOCKET_SUFFIX
 
 

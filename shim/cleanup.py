@@ -118,7 +118,7 @@ def delete_bundle(config: ShimConfig) -> ExitInfo:
     if not _is_shim(files.read_pid(bundle, files.SHIM_PID) or 0):
         stale = [config.socket_path, attachproto.socket_for(config.socket_path)]
         address = files.read_text(bundle, files.ADDRESS)
-        if address and address != config.grpc_address:
+        if address and address != config.socket_address:
             stale.append(address.removeprefix("unix://"))  # the dead shim of the task's pod
         for path in stale:
             _unlink_stale_socket(path)

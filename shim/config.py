@@ -36,7 +36,8 @@ def task_attach_socket(state_root: str, namespace: str, task_id: str) -> str:
 class ShimConfig:
     """The arguments of ``ctrpy-shim start`` (and of a template fork request).
 
-    ``address`` is ctrpyd's socket, where events are published (empty: publish nothing).
+    ``address`` is ctrpyd's ttrpc socket (``<ctrpyd socket>.ttrpc``, a path or ``unix://``
+    address), where events are forwarded (empty: publish nothing).
     ``runtime_root`` defaults to ``<state_root>/runc/<namespace>``, so that every ctrpyd
     instance and every namespace has its own runc state.
     """
@@ -75,8 +76,9 @@ class ShimConfig:
         return task_socket_path(self.state_root, self.namespace, self.id)
 
     @property
-    def grpc_address(self) -> str:
-        """``unix:///<socket path>``, as written to the bundle's ``address`` file."""
+    def socket_address(self) -> str:
+        """``unix:///<socket path>``: where the shim serves ttrpc, as written to the bundle's
+        ``address`` file (containerd's form of a shim address)."""
         return f"unix://{self.socket_path}"
 
     def to_dict(self) -> dict[str, str]:

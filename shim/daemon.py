@@ -9,9 +9,9 @@ line, ``{"address": ..., "pid": ...}`` once it serves or ``{"error": ...}``, and
 
 Both ways of starting a shim use this: ``ctrpy-shim start`` (reply through a pipe, then print
 the address) and the template process (reply straight to the requester's connection). Forking
-from a process that has already imported grpc, and not yet initialised it, is what makes a shim
-cheap: the child shares the parent's pages, creates its own gRPC server and threads, and
-imports nothing more.
+from a process that has already imported everything a shim runs is what makes a shim cheap: the
+child shares the parent's pages, makes its own event loop and ttrpc server (no thread of its
+own), and imports nothing more.
 """
 
 from __future__ import annotations

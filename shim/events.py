@@ -1,11 +1,14 @@
 """Reporting task events to ctrpyd, in order, until ctrpyd has them.
 
-The shim calls containerd's own ``containerd.services.events.v1.Events/Publish`` on ctrpyd's
-socket, with the ``containerd-namespace`` header and an ``Any`` whose type URL is the bare
-event name (``containerd.events.TaskExit``), exactly as containerd's shims do. Events leave
-one at a time from one queue, so ctrpyd sees them in the order the shim produced them
-(create, start, exit, delete). Each is retried with a capped back-off until Publish succeeds:
-ctrpyd may be down for a while and come back.
+The shim calls ``containerd.services.events.ttrpc.v1.Events/Forward`` over ttrpc on ctrpyd's
+ttrpc socket (``<ctrpyd socket>.ttrpc``), exactly as containerd's shims do: each event in an
+Envelope with the time it was queued, the namespace, the topic and an ``Any`` whose type URL
+is the bare event name (``containerd.events.TaskExit``); the namespace also travels in the
+``containerd-namespace-ttrpc`` metadata, as containerd's client sends it. No gRPC channel: a
+shim per container cannot afford one (its threads and memory). Events leave one at a time
+from one queue, so ctrpyd sees them in the order the shim produced them (create, start, exit,
+delete). Each is retried with a capped back-off until Forward succeeds: ctrpyd may be down
+for a while and come back (the ttrpc client dials again on the next call).
 """
 
 from __future__ import annotations
@@ -13,26 +16,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 
-import grpc
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from ctrpy.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+from ctrpy import ttrpc
+from ctrpy.api.containerd.services.ttrpc.events.v1 import events_pb2
+from ctrpy.errors import CtrpyError
 
 log = logging.getLogger("ctrpy.shim")
 
-NAMESPACE_HEADER = "containerd-namespace"
-PUBLISH_TIMEOUT = 5.0
+SERVICE = "containerd.services.events.ttrpc.v1.Events"
+NAMESPACE_HEADER = "containerd-namespace-ttrpc"
+FORWARD_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
-# gRPC's own reconnect back-off grows to two minutes by default; keep it near ours, so that a
-# restarted ctrpyd gets the pending events within seconds.
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX * 1000)),
-]
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -45,9 +44,11 @@ def timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
-def grpc_target(address: str) -> str:
-    """A gRPC target for a unix socket given as a path, ``unix:path`` or ``unix:///path``."""
-    return address if address.startswith("unix:") else f"unix:{address}"
+def socket_path(address: str) -> str:
+    """The path of a unix socket given as a path, ``unix:path`` or ``unix:///path``."""
+    if address.startswith("unix://"):
+        return address[len("unix://") :]
+    return address.removeprefix("unix:")
 
 
 class Publisher:
@@ -56,18 +57,19 @@ class Publisher:
     def __init__(self, address: str, namespace: str) -> None:
         self.address = address
         self.namespace = namespace
-        self._queue: collections.deque[tuple[str, Message]] = collections.deque()
+        self._queue: collections.deque[tuple[str, Message, int]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self._client: ttrpc.Client | None = None
 
     def publish(self, topic: str, event: Message) -> None:
-        """Queue ``event`` under ``topic`` (``/tasks/exit``); it is sent in order, with retries."""
+        """Queue ``event`` under ``topic`` (``/tasks/exit``); it is sent in order, with retries,
+        stamped with the time it was queued (when it happened, not when ctrpyd got it)."""
         if not self.address:
             return
-        self._queue.append((topic, event))
+        self._queue.append((topic, event, time.time_ns()))
         self._idle.clear()
         self._wakeup.set()
         if self._worker is None:
@@ -82,14 +84,14 @@ class Publisher:
             return False
 
     async def close(self) -> None:
-        """Stop sending (what is still queued is dropped) and close the channel."""
+        """Stop sending (what is still queued is dropped) and close the connection."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def _run(self) -> None:
         while True:
@@ -98,28 +100,33 @@ class Publisher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            topic, event = self._queue[0]
-            await self._send(topic, event)
+            topic, event, queued_ns = self._queue[0]
+            await self._send(topic, event, queued_ns)
             self._queue.popleft()
 
-    async def _send(self, topic: str, event: Message) -> None:
-        request = events_pb2.PublishRequest(topic=topic, event=pack(event))
+    async def _send(self, topic: str, event: Message, queued_ns: int) -> None:
+        envelope = events_pb2.Envelope(
+            timestamp=timestamp(queued_ns), namespace=self.namespace, topic=topic, event=pack(event)
+        )
+        request = events_pb2.ForwardRequest(envelope=envelope)
         delay = BACKOFF_FIRST
         attempt = 0
         while True:
             attempt += 1
             try:
-                if self._channel is None:
-                    self._channel = grpc.aio.insecure_channel(grpc_target(self.address), options=CHANNEL_OPTIONS)
-                stub = events_pb2_grpc.EventsStub(self._channel)
-                await stub.Publish(
+                if self._client is None:
+                    self._client = ttrpc.Client(socket_path(self.address))
+                await self._client.call(
+                    SERVICE,
+                    "Forward",
                     request,
+                    empty_pb2.Empty,
+                    timeout=FORWARD_TIMEOUT,
                     metadata=((NAMESPACE_HEADER, self.namespace),),
-                    timeout=PUBLISH_TIMEOUT,
                 )
                 return
-            except grpc.aio.AioRpcError as exc:
+            except (CtrpyError, OSError) as exc:  # OSError: never expected, but a lost event is worse
                 if attempt == 1 or attempt % 20 == 0:
-                    log.warning("publish %s failed (attempt %d): %s", topic, attempt, exc.details())
+                    log.warning("forward %s failed (attempt %d): %s", topic, attempt, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)

@@ -5,7 +5,7 @@ the rest::
 
     config.json     the OCI runtime spec (ctrpyd; the shim clamps a negative oomScoreAdj)
     rootfs/         mount point of the task's root filesystem (mounted by the shim)
-    address         the shim's gRPC address, ``unix:///<state>/s/<hash>`` (the containers of a pod
+    address         the shim's ttrpc address, ``unix:///<state>/s/<hash>`` (the containers of a pod
                     may share the shim of its sandbox: then several bundles name one shim)
     shim.pid        the shim's pid
     init.pid        the init process's pid (written by runc --pid-file)

@@ -2,7 +2,8 @@
 
     ctrpy-shim start    --namespace NS --id ID --bundle DIR --address SOCK --state-root DIR
                         [--runtime-binary runc] [--runtime-root DIR]
-        Fork a detached shim serving ctrpy.shim.v1.TaskService, print its address, return.
+        Fork a detached shim serving ctrpy.shim.v1.TaskService over ttrpc, print its address,
+        return. --address is ctrpyd's ttrpc socket, where task events are forwarded.
     ctrpy-shim delete   (same options)
         Clean up the bundle of a dead shim; print {"pid", "exit_status", "exited_at"} as JSON.
     ctrpy-shim template --socket PATH [--spare]
@@ -26,7 +27,7 @@ def _add_shim_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--id", required=True)
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--address", default="", help="ctrpyd's socket, for events")
+    parser.add_argument("--address", default="", help="ctrpyd's ttrpc socket, for events")
     parser.add_argument("--state-root", required=True)
     parser.add_argument("--runtime-binary", default="runc")
     parser.add_argument("--runtime-root", default="")
@@ -59,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``ctrpy-shim``; returns the exit status."""
     args = parser().parse_args(argv)
-    # Each command imports only what it needs: `delete` must not pay for the gRPC server.
+    # Each command imports only what it needs: `delete` must not pay for the server.
     try:
         if args.command == "template":
             from . import template

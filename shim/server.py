@@ -1,10 +1,13 @@
-"""The shim's gRPC server: ``ctrpy.shim.v1.TaskService`` on the shim's own unix socket.
+"""The shim's server: ``ctrpy.shim.v1.TaskService`` over ttrpc on the shim's own unix socket.
 
-The servicer is thin: it finds the request's :class:`~ctrpy.shim.task.Task` by its id (a shim
-may serve a pod's tasks, :mod:`ctrpy.shim.tasks`), converts the request, calls the task, converts
-the answer, and turns ctrpy.errors kinds into gRPC status codes. :func:`serve` is the shim's
-life: reaper, publisher, tasks, server; write ``address`` and ``shim.pid``; report readiness;
-serve until the Shutdown of its last task; drain events; remove the socket.
+ttrpc, not gRPC, because there is a shim per container: gRPC's server costs each shim its
+threads, megabytes of private memory and milliseconds of start-up (:mod:`ctrpy.ttrpc`). The
+servicer is thin: it finds the request's :class:`~ctrpy.shim.task.Task` by its id (a shim may
+serve a pod's tasks, :mod:`ctrpy.shim.tasks`), converts the request, calls the task and
+converts the answer; the ctrpy.errors kinds it raises become ttrpc statuses in the server.
+:func:`serve` is the shim's life: reaper, publisher, tasks, server; write ``address`` and
+``shim.pid``; report readiness; serve until the Shutdown of its last task; drain events;
+remove the socket.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import socket
@@ -20,14 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 from google.protobuf import any_pb2
 
 from ctrpy import mount as mounts
+from ctrpy import ttrpc
 from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.api.containerd.types.task import task_pb2 as task_types
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
-from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
 from ctrpy.errors import AlreadyExists, CtrpyError, Unavailable
 
 from . import files
@@ -44,38 +45,24 @@ from .tasks import Tasks
 log = logging.getLogger("ctrpy.shim")
 
 VERSION = "ctrpy-shim 0.1.0"
+SERVICE = "ctrpy.shim.v1.TaskService"
 RUNC_OPTIONS = "containerd.runc.v1.Options"
 PROCESS_DETAILS = "containerd.runc.v1.ProcessDetails"
 SHUTDOWN_GRACE = 2.0
+LISTEN_BACKLOG = 128
 EVENT_FLUSH_TIMEOUT = 10.0
 
 R = TypeVar("R")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[R]]
-
-
-def _errors(fn: Handler[R]) -> Handler[R]:
-    """Turn ctrpy.errors kinds (and OSErrors) raised by a handler into gRPC statuses."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
-        try:
-            return await fn(self, request, context)
-        except CtrpyError as exc:
-            await context.abort(exc.code, exc.message)
-        except OSError as exc:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-        raise AssertionError("unreachable")  # context.abort always raises
-
-    return wrapper
 
 
 async def _to_the_end(job: Awaitable[R]) -> R:
     """Run an operation that changes the container to its end even when the caller goes away.
 
-    gRPC cancels a handler whose client disconnects (ctrpyd killed). Cancelled half-way, a
-    create would forget a ``runc create`` that still finishes, and a delete would stop between
-    ``runc delete`` and the unmount: the container and the shim would disagree. Shielded, the
-    operation completes and the shim's state says what runc did, for the restarted ctrpyd.
+    The ttrpc server cancels a handler whose client disconnects (ctrpyd killed) or whose
+    timeout passes (a slow runc on a loaded machine). Cancelled half-way, a create would forget
+    a ``runc create`` that still finishes, and a delete would stop between ``runc delete`` and
+    the unmount: the container and the shim would disagree. Shielded, the operation completes
+    and the shim's state says what runc did, for ctrpyd's next call or its restart.
     """
     task = asyncio.ensure_future(job)
     _finishing.add(task)  # referenced until done, even once the handler is gone
@@ -128,8 +115,10 @@ def _state(proc: Process, bundle: str) -> pb.StateResponse:
     return response
 
 
-class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
-    """ctrpy.shim.v1.TaskService over the shim's :class:`Tasks`, each request routed by its id."""
+class TaskServicer:
+    """ctrpy.shim.v1.TaskService over the shim's :class:`Tasks`, each request routed by its id.
+
+    Each method is a ttrpc handler named as the RPC: ``(request, context) -> response``."""
 
     def __init__(self, tasks: Tasks | None, shutdown: asyncio.Event) -> None:
         self._tasks = tasks  # None while a spare shim waits to be claimed (see listen)
@@ -146,13 +135,11 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
     def tasks(self, tasks: Tasks) -> None:
         self._tasks = tasks
 
-    @_errors
-    async def State(self, request: pb.StateRequest, context: Any) -> pb.StateResponse:
+    async def State(self, request: pb.StateRequest, context: ttrpc.Context) -> pb.StateResponse:
         task = self.tasks.get(request.id)
         return _state(task.process(request.id, request.exec_id), task.config.bundle)
 
-    @_errors
-    async def Create(self, request: pb.CreateRequest, context: Any) -> pb.CreateResponse:
+    async def Create(self, request: pb.CreateRequest, context: ttrpc.Context) -> pb.CreateResponse:
         task, added = self.tasks.for_create(request.id, request.bundle)
         if request.bundle and os.path.realpath(request.bundle) != os.path.realpath(task.config.bundle):
             raise CtrpyError(f'bundle "{request.bundle}" is not this shim\'s bundle')
@@ -165,27 +152,22 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
             if added and task.init is None:
                 self.tasks.drop(request.id)  # a task the shim never held
             raise
-        context.set_trailing_metadata(task.steps.metadata())  # for ctrpyd's timeline (steps.py)
-        return pb.CreateResponse(pid=pid)
+        return pb.CreateResponse(pid=pid, steps=task.steps.to_proto())  # ctrpyd's timeline (steps.py)
 
-    @_errors
-    async def Start(self, request: pb.StartRequest, context: Any) -> pb.StartResponse:
+    async def Start(self, request: pb.StartRequest, context: ttrpc.Context) -> pb.StartResponse:
         task = self.tasks.get(request.id)
         pid = await _to_the_end(task.start(request.id, request.exec_id))
-        if not request.exec_id:
-            context.set_trailing_metadata(task.steps.metadata())  # for ctrpyd's timeline (steps.py)
-        return pb.StartResponse(pid=pid)
+        steps = task.steps.to_proto() if not request.exec_id else []  # ctrpyd's timeline (steps.py)
+        return pb.StartResponse(pid=pid, steps=steps)
 
-    @_errors
-    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+    async def Delete(self, request: pb.DeleteRequest, context: ttrpc.Context) -> pb.DeleteResponse:
         info = await _to_the_end(self.tasks.get(request.id).delete(request.id, request.exec_id))
         response = pb.DeleteResponse(pid=info.pid, exit_status=info.exit_status)
         if info.exited_at_ns:
             response.exited_at.CopyFrom(timestamp(info.exited_at_ns))
         return response
 
-    @_errors
-    async def Pids(self, request: pb.PidsRequest, context: Any) -> pb.PidsResponse:
+    async def Pids(self, request: pb.PidsRequest, context: ttrpc.Context) -> pb.PidsResponse:
         response = pb.PidsResponse()
         for pid, exec_id in await self.tasks.get(request.id).pids(request.id):
             info = response.processes.add(pid=pid)
@@ -193,68 +175,65 @@ class TaskServicer(shim_pb2_grpc.TaskServiceServicer):
                 info.info.CopyFrom(pack(oci_pb2.ProcessDetails(exec_id=exec_id)))
         return response
 
-    @_errors
-    async def Pause(self, request: pb.PauseRequest, context: Any) -> pb.PauseResponse:
+    async def Pause(self, request: pb.PauseRequest, context: ttrpc.Context) -> pb.PauseResponse:
         await _to_the_end(self.tasks.get(request.id).pause(request.id))
         return pb.PauseResponse()
 
-    @_errors
-    async def Resume(self, request: pb.ResumeRequest, context: Any) -> pb.ResumeResponse:
+    async def Resume(self, request: pb.ResumeRequest, context: ttrpc.Context) -> pb.ResumeResponse:
         await _to_the_end(self.tasks.get(request.id).resume(request.id))
         return pb.ResumeResponse()
 
-    @_errors
-    async def Kill(self, request: pb.KillRequest, context: Any) -> pb.KillResponse:
+    async def Kill(self, request: pb.KillRequest, context: ttrpc.Context) -> pb.KillResponse:
         await self.tasks.get(request.id).kill(request.id, request.exec_id, request.signal, request.all)
         return pb.KillResponse()
 
-    @_errors
-    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+    async def Exec(self, request: pb.ExecRequest, context: ttrpc.Context) -> pb.ExecResponse:
         stdio = StdioPaths(request.stdin, request.stdout, request.stderr, request.terminal)
         await _to_the_end(self.tasks.get(request.id).exec(request.id, request.exec_id, stdio, request.spec.value))
         return pb.ExecResponse()
 
-    @_errors
-    async def ResizePty(self, request: pb.ResizePtyRequest, context: Any) -> pb.ResizePtyResponse:
+    async def ResizePty(self, request: pb.ResizePtyRequest, context: ttrpc.Context) -> pb.ResizePtyResponse:
         self.tasks.get(request.id).resize(request.id, request.exec_id, request.width, request.height)
         return pb.ResizePtyResponse()
 
-    @_errors
-    async def CloseIO(self, request: pb.CloseIORequest, context: Any) -> pb.CloseIOResponse:
+    async def CloseIO(self, request: pb.CloseIORequest, context: ttrpc.Context) -> pb.CloseIOResponse:
         if request.stdin:
             self.tasks.get(request.id).close_io(request.id, request.exec_id)
         return pb.CloseIOResponse()
 
-    @_errors
-    async def Update(self, request: pb.UpdateRequest, context: Any) -> pb.UpdateResponse:
+    async def Update(self, request: pb.UpdateRequest, context: ttrpc.Context) -> pb.UpdateResponse:
         await self.tasks.get(request.id).update(request.id, request.resources.value)
         return pb.UpdateResponse()
 
-    @_errors
-    async def Wait(self, request: pb.WaitRequest, context: Any) -> pb.WaitResponse:
+    async def Wait(self, request: pb.WaitRequest, context: ttrpc.Context) -> pb.WaitResponse:
         info = await self.tasks.get(request.id).wait(request.id, request.exec_id)
         return pb.WaitResponse(exit_status=info.exit_status, exited_at=timestamp(info.exited_at_ns))
 
-    @_errors
-    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+    async def Stats(self, request: pb.StatsRequest, context: ttrpc.Context) -> pb.StatsResponse:
         return pb.StatsResponse(stats=to_metrics(await self.tasks.get(request.id).stats(request.id)))
 
-    @_errors
-    async def Connect(self, request: pb.ConnectRequest, context: Any) -> pb.ConnectResponse:
+    async def Connect(self, request: pb.ConnectRequest, context: ttrpc.Context) -> pb.ConnectResponse:
         task = self.tasks.find(request.id)
         init = task.init if task is not None else None
         return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=init.pid if init else 0, version=VERSION)
 
-    @_errors
-    async def ReopenLog(self, request: pb.ReopenLogRequest, context: Any) -> pb.ReopenLogResponse:
+    async def ReopenLog(self, request: pb.ReopenLogRequest, context: ttrpc.Context) -> pb.ReopenLogResponse:
         self.tasks.get(request.id).reopen_log(request.id, request.exec_id)
         return pb.ReopenLogResponse()
 
-    @_errors
-    async def Shutdown(self, request: pb.ShutdownRequest, context: Any) -> pb.ShutdownResponse:
+    async def Shutdown(self, request: pb.ShutdownRequest, context: ttrpc.Context) -> pb.ShutdownResponse:
         if self.tasks.release(request.id, now=request.now):
             self.shutdown.set()
         return pb.ShutdownResponse()
+
+    def methods(self) -> dict[str, ttrpc.Method]:
+        """Every RPC of the service with its request type, for :meth:`ttrpc.Server.register`
+        (from the service's descriptor: a method without a handler fails here, at start-up)."""
+        service = pb.DESCRIPTOR.services_by_name[SERVICE.rsplit(".", 1)[1]]
+        return {
+            method.name: ttrpc.Method(getattr(pb, method.input_type.name), getattr(self, method.name))
+            for method in service.methods
+        }
 
 
 def claim_socket(path: str) -> None:
@@ -277,12 +256,12 @@ def claim_socket(path: str) -> None:
 
 @dataclass
 class Listening:
-    """What a shim starts before it needs to know its task: the reaper, and the gRPC server
+    """What a shim starts before it needs to know its task: the reaper, and the ttrpc server
     with a servicer that gets its tasks later. A spare shim (:mod:`ctrpy.shim.spare`) waits
     like this, on a socket of its own, until a Create claims it."""
 
     reaper: Reaper
-    server: grpc.aio.Server
+    server: ttrpc.Server
     servicer: TaskServicer
 
 
@@ -291,11 +270,23 @@ async def listen(socket_path: str) -> Listening:
     reaper = Reaper()
     reaper.install(asyncio.get_running_loop())
     servicer = TaskServicer(None, asyncio.Event())
-    server = grpc.aio.server()
-    shim_pb2_grpc.add_TaskServiceServicer_to_server(servicer, server)
+    server = ttrpc.Server()
+    server.register(SERVICE, servicer.methods())
     claim_socket(socket_path)
-    server.add_insecure_port(f"unix:{socket_path}")
-    await server.start()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(socket_path)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        sock.listen(LISTEN_BACKLOG)
+        await server.start(sock)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)  # bound by us just now
+        raise
     return Listening(reaper, server, servicer)
 
 
@@ -311,15 +302,15 @@ async def serve(
     tasks = Tasks(config, reaper, publisher)
     listening.servicer.tasks = tasks
     try:
-        files.write_atomic(os.path.join(config.bundle, files.ADDRESS), config.grpc_address)
+        files.write_atomic(os.path.join(config.bundle, files.ADDRESS), config.socket_address)
         files.write_atomic(os.path.join(config.bundle, files.SHIM_PID), str(os.getpid()))
-        report({"address": config.grpc_address, "pid": os.getpid()})
+        report({"address": config.socket_address, "pid": os.getpid()})
         await shutdown.wait()
-        await server.stop(SHUTDOWN_GRACE)
+        await server.shutdown(SHUTDOWN_GRACE)
         if not await publisher.flush(EVENT_FLUSH_TIMEOUT):
             log.error("exiting with unpublished events")
     finally:
-        await server.stop(None)
+        await server.shutdown()
         await tasks.close()
         await publisher.close()
         reaper.close()

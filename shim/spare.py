@@ -1,9 +1,12 @@
 """A spare shim: forked by the template ahead of time, claimed by the next Create.
 
 A shim forked on request spends most of its start-up on things that do not depend on its task:
-the double fork, an asyncio loop, the reaper, gRPC's server and its first call. A spare does all
-of that before anyone asks, listening on a socket of its own (``<socket dir>/spare-<pid>``) and
-calling itself once, and waits on a ``SOCK_SEQPACKET`` pair shared with its template. A claim is one message on that pair: the
+the double fork, an asyncio loop, the reaper, the ttrpc server. A spare does all of that
+before anyone asks, listening on a socket of its own (``<socket dir>/spare-<pid>``), and waits
+on a ``SOCK_SEQPACKET`` pair shared with its template. (Over gRPC it also called itself once, to
+get the server's lazily made parts made: 2-3 ms of the Create that claimed it. Over ttrpc that
+call measured no faster and 0.2 MiB bigger, ``bench/shim_cost.md``, so it went.) A claim is
+one message on that pair: the
 fork request's JSON line, with the requester's connection as an ``SCM_RIGHTS`` descriptor. What
 the shim must learn then is all in the request: its id and namespace (its socket path follows),
 its bundle (log, working directory, ``address`` and ``shim.pid``), ctrpyd's address (events).
@@ -28,11 +31,6 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-
-import grpc
-
-from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
-from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
 
 from .config import ShimConfig
 from .daemon import (
@@ -139,7 +137,6 @@ def _become_spare(socket_dir: str, ctl: socket.socket, inherited: Sequence[socke
 async def _serve_spare(socket_dir: str, ctl: socket.socket) -> int:
     path = spare_socket(socket_dir, os.getpid())
     listening = await listen(path)
-    await _first_call(path)
     claim: tuple[bytes, int] | None = None
     try:
         ctl.sendall(READY)
@@ -166,16 +163,6 @@ async def _serve_spare(socket_dir: str, ctl: socket.socket) -> int:
         report.error(exc)
         return 1
     return 0
-
-
-async def _first_call(path: str) -> None:
-    """One call to this spare's own server, answered Unavailable: gRPC does its first-call
-    work (the server's first connection and call) now, not on the Create that claims it.
-    Measured: the claiming Create's first call 5-6 ms without this, about 3 ms with it; the
-    shim's Private_Dirty about 0.3 MiB more (the client side of the call)."""
-    async with grpc.aio.insecure_channel(f"unix:{path}") as channel:
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await shim_pb2_grpc.TaskServiceStub(channel).Connect(pb.ConnectRequest(), timeout=5.0)
 
 
 async def _claimed(ctl: socket.socket) -> tuple[bytes, int] | None:
@@ -223,5 +210,5 @@ async def _abandon(listening: Listening, path: str) -> None:
     # report it), even for the moment the server takes to stop.
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    await listening.server.stop(None)
+    await listening.server.shutdown()
     listening.reaper.close()

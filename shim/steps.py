@@ -2,22 +2,20 @@
 
 Why: ctrpyd sees a shim's Create as one call; where its time went (mounting the rootfs,
 opening the stdio, ``runc create``) only the shim knows. It times those steps on the host's
-monotonic clock, which ctrpyd shares, and sends them in the trailing metadata of its answer
-(:data:`KEY`: JSON ``[[name, start_ns, end_ns], ...]``): no proto change, no file written, and
-a client that does not look (any but ctrpyd's start-up timeline,
-:mod:`ctrpy.manager.timeline`) never notices.
+monotonic clock, which ctrpyd shares, and sends them in the ``steps`` field of its
+CreateResponse and StartResponse (ttrpc answers carry no metadata): no file written, and a
+client that does not look (any but ctrpyd's start-up timeline, :mod:`ctrpy.manager.timeline`,
+and its trace) never notices. :meth:`Steps.to_proto` builds the field, :func:`from_proto`
+reads it back on ctrpyd's side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
-#: The trailing metadata key of the steps.
-KEY = "ctrpy-steps"
+from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
 
 StepTuple = tuple[str, int, int]
 
@@ -40,18 +38,11 @@ class Steps:
         finally:
             self.items.append((name, began, time.monotonic_ns()))
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """The steps as trailing metadata."""
-        return ((KEY, json.dumps([list(item) for item in self.items], separators=(",", ":"))),)
+    def to_proto(self) -> list[pb.Step]:
+        """The steps as the ``steps`` field of a CreateResponse or StartResponse."""
+        return [pb.Step(name=name, start_ns=start, end_ns=end) for name, start, end in self.items]
 
 
-def parse(metadata: Iterable[tuple[str, Any]]) -> list[StepTuple]:
-    """The steps a shim sent, from a call's trailing metadata; nothing when absent or malformed."""
-    for key, value in metadata:
-        if key != KEY:
-            continue
-        try:
-            return [(str(name), int(start), int(end)) for name, start, end in json.loads(value)]
-        except (TypeError, ValueError):
-            return []
-    return []
+def from_proto(steps: Iterable[pb.Step]) -> list[StepTuple]:
+    """The steps a shim sent, from the ``steps`` field of its answer (empty when it sent none)."""
+    return [(step.name, step.start_ns, step.end_ns) for step in steps]

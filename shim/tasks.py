@@ -75,7 +75,7 @@ class Tasks:
         if not bundle or not os.path.isabs(bundle) or not os.path.isdir(bundle):
             raise InvalidArgument(f'bundle "{bundle}" of task "{task_id}" is not a directory')
         config = dataclasses.replace(self.config, id=task_id, bundle=bundle)
-        files.write_atomic(os.path.join(bundle, files.ADDRESS), self.config.grpc_address)
+        files.write_atomic(os.path.join(bundle, files.ADDRESS), self.config.socket_address)
         files.write_atomic(os.path.join(bundle, files.SHIM_PID), str(os.getpid()))
         with contextlib.suppress(OSError):
             os.link(os.path.join(self._home, files.SHIM_LOG), os.path.join(bundle, files.SHIM_LOG))

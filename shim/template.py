@@ -1,9 +1,9 @@
 """The template process: a pre-imported parent that forks shims on request.
 
 ctrpyd starts one ``ctrpy-shim template --socket PATH``. It imports everything a shim needs
-(grpc, the generated API, the shim's modules), freezes those objects out of the garbage
-collector so forked children keep sharing their pages, and then creates no gRPC channel or
-server and starts no thread: it only accepts connections on a unix socket.
+(the generated API, :mod:`ctrpy.ttrpc`, the shim's modules), freezes those objects out of the
+garbage collector so forked children keep sharing their pages, and then creates no server or
+connection and starts no thread: it only accepts connections on a unix socket.
 
 Protocol, one request per connection: the client sends one JSON line, the
 :meth:`~ctrpy.shim.config.ShimConfig.to_dict` of the shim it wants; the template forks
@@ -34,8 +34,11 @@ import socket
 import sys
 
 from ctrpy.api.containerd.events import task_pb2 as task_events
+from ctrpy.api.containerd.services.ttrpc.events.v1 import events_pb2
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2
+from ctrpy.api.ttrpc import request_pb2
 from ctrpy.errors import CtrpyError
+from ctrpy.ttrpc import wire
 
 from .config import ShimConfig
 from .daemon import configure_logging, fork_shim, set_process_name, write_reply
@@ -88,7 +91,7 @@ def warm_up() -> None:
 
     Running an event loop and building each message type once fills lazily made caches in
     the template's memory, where the shims share them instead of each writing its own copy.
-    No gRPC channel or server is made and no thread outlives this.
+    No server or connection is made and no thread outlives this.
     """
 
     async def exercise() -> None:
@@ -104,6 +107,11 @@ def warm_up() -> None:
             getattr(shim_pb2, name)().SerializeToString()
         for name in task_events.DESCRIPTOR.message_types_by_name:
             pack(getattr(task_events, name)())
+        forward = events_pb2.ForwardRequest(envelope=events_pb2.Envelope(event=pack(task_events.TaskExit())))
+        for message in (request_pb2.Request(payload=forward.SerializeToString()), request_pb2.Response()):
+            data = wire.frame(1, wire.REQUEST, message.SerializeToString())
+            for item in wire.FrameReader().feed(data):
+                type(message).FromString(item.payload or b"")
         json.loads(json.dumps({"warm": [1, "up"]}))
 
     asyncio.run(exercise())

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -108,6 +109,7 @@ def test_sigterm_drains_and_exits_cleanly(daemon: Daemon) -> None:
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(20) == 0
     assert not daemon.address.exists()
+    assert not Path(f"{daemon.address}.ttrpc").exists()  # the shims' socket goes too
     daemon.process = None
 
 
@@ -132,9 +134,9 @@ def test_health_serving_and_reflection_lists_services(daemon: Daemon) -> None:
 
 
 def test_socket_is_root_only(daemon: Daemon) -> None:
-    mode = daemon.address.stat().st_mode & 0o777
-    assert mode == 0o660
-    assert daemon.address.stat().st_uid == 0
+    for path in (daemon.address, Path(f"{daemon.address}.ttrpc")):  # the gRPC socket, the shims'
+        assert path.stat().st_mode & 0o777 == 0o660
+        assert path.stat().st_uid == 0
 
 
 def test_two_daemons_side_by_side_do_not_touch_each_other(daemon: Daemon) -> None:

@@ -223,7 +223,7 @@ def test_one_ctr_run_is_one_trace_with_rpc_shim_and_runc_spans(collector: tuple[
     assert {"containerd.services.leases.v1.Leases/Create", "containerd.services.containers.v1.Containers/Create",
             f"{TASKS}/Create", f"{TASKS}/Start", f"{TASKS}/Wait", f"{TASKS}/Delete",
             "containerd.services.containers.v1.Containers/Delete",
-            "containerd.services.events.v1.Events/Publish"} <= rpcs, rpcs  # the shim's task events
+            "containerd.services.events.ttrpc.v1.Events/Forward"} <= rpcs, rpcs  # the shim's task events
     start = one(f"{TASKS}/Start", root)
     shim_create = one(f"{SHIM}/Create", create)
     shim_start = one(f"{SHIM}/Start", start)

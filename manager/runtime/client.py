@@ -1,7 +1,10 @@
-"""ctrpyd's client for one shim: ``ctrpy.shim.v1.TaskService`` over the shim's unix socket.
+"""ctrpyd's client for one shim: ``ctrpy.shim.v1.TaskService`` over ttrpc on the shim's unix socket.
+
+ttrpc, containerd's protocol for its shims, rather than gRPC: a shim is one per container, and a
+gRPC server costs each about 2 MiB and several ms of start-up (see :mod:`ctrpy.ttrpc`).
 
 Methods mirror the shim's RPCs, take and return plain values and frozen dataclasses, and raise
-the ctrpy.errors kind that the shim's status code stands for (``ctrpy.errors.from_grpc``): a
+the ctrpy.errors kind that the shim's status code stands for (``ctrpy.errors.from_status``): a
 deleted task is NotFound, a request the task's state forbids is FailedPrecondition, a runtime
 failure carries runc's message. A shim that is gone raises Unavailable.
 
@@ -20,19 +23,19 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
+from ctrpy import ttrpc
 from ctrpy.api.containerd.types import mount_pb2
 from ctrpy.api.containerd.types.runc.options import oci_pb2
 from ctrpy.api.ctrpy.shim.v1 import shim_pb2 as pb
-from ctrpy.api.ctrpy.shim.v1 import shim_pb2_grpc
-from ctrpy.errors import CtrpyError, DeadlineExceeded, Unavailable, from_grpc
+from ctrpy.errors import CtrpyError, DeadlineExceeded, Unavailable
 from ctrpy.mount import Mount
 from ctrpy.shim import steps as shim_steps
 from ctrpy.shim.files import ExitInfo
@@ -40,13 +43,15 @@ from ctrpy.shim.files import ExitInfo
 from .. import tracing
 from ..timeline import Step, timelines
 
-T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 log = structlog.get_logger("ctrpy.runtime")
 
 PROCESS_SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+#: The shim's ttrpc service (proto/ctrpy/shim/v1/shim.proto).
+SERVICE = "ctrpy.shim.v1.TaskService"
 CALL_TIMEOUT = 30.0
 STATE_TIMEOUT = 2.0  # containerd's io.containerd.timeout.task.state
 # Calls that never move a process (ShimClient.changes does not count them).
@@ -180,10 +185,8 @@ class ShimClient:
         # Calls made that may move a process (any but _READS), counted as each ends: a State
         # answer given while this changed may be stale (see ctrpy.manager.tasks.known).
         self.changes = 0
-        path = socket_path(address)
-        # With [tracing] on: a span per call, the trace context sent along (manager/tracing).
-        self._channel = grpc.aio.insecure_channel(f"unix:{path}", interceptors=tracing.client_interceptors() or None)
-        self._stub = shim_pb2_grpc.TaskServiceStub(self._channel)
+        # Dials at the first call; after a lost connection the next call dials again.
+        self._ttrpc = ttrpc.Client(socket_path(address))
 
     @classmethod
     async def connect(
@@ -210,8 +213,8 @@ class ShimClient:
         return client
 
     async def close(self) -> None:
-        """Close the channel (the shim keeps running)."""
-        await self._channel.close()
+        """Close the connection (the shim keeps running)."""
+        await self._ttrpc.close()
 
     async def __aenter__(self) -> ShimClient:
         return self
@@ -227,34 +230,27 @@ class ShimClient:
         where.append(self.address)
         return f'shim of task "{self.id}" ({", ".join(where)})'
 
-    async def _call(
-        self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None = -1.0,
-        trailers: list[tuple[str, Any]] | None = None,
-    ) -> T:
-        """One call within ``timeout`` (-1: the call deadline); ``trailers`` receives the
-        answer's trailing metadata (the shim's step timings, see ctrpy.shim.steps)."""
+    async def _call(self, request: Message, response_type: type[M], timeout: float | None = -1.0) -> M:
+        """One call within ``timeout`` (-1: the call deadline; None: none); the method is the
+        request's name without ``Request``."""
         deadline = self.call_timeout if timeout == -1.0 else timeout
+        method = type(request).__name__.removesuffix("Request")
         try:
-            call = method(request, timeout=deadline)
-            response = await call
-            trailing = getattr(call, "trailing_metadata", None)
-            if trailers is not None and trailing is not None:
-                trailers.extend(await trailing() or ())
-            return response
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                name = type(request).__name__.removesuffix("Request")
-                raise DeadlineExceeded(
-                    f"{self.describe()} did not answer {name} within {deadline:g}s"
-                ) from None
-            raise from_grpc(exc) from None
+            if tracing.enabled():  # a CLIENT span, traceparent sent, the shim's steps recorded
+                return await tracing.shim_call(SERVICE, method, lambda metadata: self._ttrpc.call(
+                    SERVICE, method, request, response_type, timeout=deadline, metadata=metadata))
+            return await self._ttrpc.call(SERVICE, method, request, response_type, timeout=deadline)
+        except DeadlineExceeded:
+            if deadline is None:  # not ours: the shim's own answer
+                raise
+            raise DeadlineExceeded(f"{self.describe()} did not answer {method} within {deadline:g}s") from None
         finally:
             if not isinstance(request, _READS):
                 self.changes += 1
 
     async def info(self, *, timeout: float | None = -1.0) -> ShimInfo:
         """Connect: the shim's pid, the init pid and the shim's version."""
-        r = await self._call(self._stub.Connect, pb.ConnectRequest(id=self.id), timeout)
+        r = await self._call(pb.ConnectRequest(id=self.id), pb.ConnectResponse, timeout)
         return ShimInfo(r.shim_pid, r.task_pid, r.version)
 
     async def create(
@@ -279,31 +275,28 @@ class ShimClient:
         )
         if options is not None:
             request.options.CopyFrom(any_pb2.Any(type_url=options.type_url, value=options.value))
-        trailers: list[tuple[str, Any]] = []
         began = time.monotonic_ns()
-        pid = (await self._call(self._stub.Create, request, trailers=trailers)).pid
-        self._timed("shim create", began, trailers)
-        return pid
+        response = await self._call(request, pb.CreateResponse)
+        self._timed("shim create", began, response.steps)
+        return response.pid
 
     async def start(self, exec_id: str = "") -> int:
         """Start the init process or an exec process; returns its pid."""
-        trailers: list[tuple[str, Any]] = []
         began = time.monotonic_ns()
-        pid = (await self._call(self._stub.Start, pb.StartRequest(id=self.id, exec_id=exec_id),
-                                trailers=trailers)).pid
+        response = await self._call(pb.StartRequest(id=self.id, exec_id=exec_id), pb.StartResponse)
         if not exec_id:
-            self._timed("shim start call", began, trailers)
-        return pid
+            self._timed("shim start call", began, response.steps)
+        return response.pid
 
-    def _timed(self, call: str, began: int, trailers: list[tuple[str, Any]]) -> None:
-        """Add the shim's steps of a Create or Start to the task's start-up timeline, or, from a
-        shim that sent none, the call as ctrpyd saw it."""
-        steps = [Step(name, start, end, "shim") for name, start, end in shim_steps.parse(trailers)]
+    def _timed(self, call: str, began: int, sent: Iterable[pb.Step]) -> None:
+        """Add the shim's steps of a Create or Start (sent in the answer) to the task's start-up
+        timeline, or, from a shim that sent none, the call as ctrpyd saw it."""
+        steps = [Step(name, start, end, "shim") for name, start, end in shim_steps.from_proto(sent)]
         timelines.add(self.namespace, self.id, steps or [Step(call, began, time.monotonic_ns())])
 
     async def delete(self, exec_id: str = "") -> ExitInfo:
         """Delete a created or stopped process; returns how it ended."""
-        r = await self._call(self._stub.Delete, pb.DeleteRequest(id=self.id, exec_id=exec_id))
+        r = await self._call(pb.DeleteRequest(id=self.id, exec_id=exec_id), pb.DeleteResponse)
         return ExitInfo(r.pid, r.exit_status, _ns(r.exited_at))
 
     async def exec(self, exec_id: str, stdio: Stdio, spec: bytes) -> None:
@@ -317,15 +310,15 @@ class ShimClient:
             stderr=stdio.stderr,
             spec=any_pb2.Any(type_url=PROCESS_SPEC_URL, value=spec),
         )
-        await self._call(self._stub.Exec, request)
+        await self._call(request, pb.ExecResponse)
 
     async def kill(self, signal: int, *, exec_id: str = "", all: bool = False) -> None:
         """Send ``signal`` to a process (``all``: every process of the container)."""
-        await self._call(self._stub.Kill, pb.KillRequest(id=self.id, exec_id=exec_id, signal=signal, all=all))
+        await self._call(pb.KillRequest(id=self.id, exec_id=exec_id, signal=signal, all=all), pb.KillResponse)
 
     async def pids(self) -> list[ProcessEntry]:
         """The container's processes, exec processes tagged with their exec id."""
-        r = await self._call(self._stub.Pids, pb.PidsRequest(id=self.id))
+        r = await self._call(pb.PidsRequest(id=self.id), pb.PidsResponse)
         entries = []
         for p in r.processes:
             exec_id = ""
@@ -338,20 +331,20 @@ class ShimClient:
 
     async def pause(self) -> None:
         """Freeze the container."""
-        await self._call(self._stub.Pause, pb.PauseRequest(id=self.id))
+        await self._call(pb.PauseRequest(id=self.id), pb.PauseResponse)
 
     async def resume(self) -> None:
         """Thaw the container."""
-        await self._call(self._stub.Resume, pb.ResumeRequest(id=self.id))
+        await self._call(pb.ResumeRequest(id=self.id), pb.ResumeResponse)
 
     async def close_io(self, exec_id: str = "") -> None:
         """Close a process's stdin once what was written to it is delivered."""
-        await self._call(self._stub.CloseIO, pb.CloseIORequest(id=self.id, exec_id=exec_id, stdin=True))
+        await self._call(pb.CloseIORequest(id=self.id, exec_id=exec_id, stdin=True), pb.CloseIOResponse)
 
     async def resize_pty(self, width: int, height: int, exec_id: str = "") -> None:
         """Set a process's terminal size."""
         request = pb.ResizePtyRequest(id=self.id, exec_id=exec_id, width=width, height=height)
-        await self._call(self._stub.ResizePty, request)
+        await self._call(request, pb.ResizePtyResponse)
 
     async def update(self, resources: bytes, annotations: Mapping[str, str] | None = None) -> None:
         """Change resource limits; ``resources`` is OCI LinuxResources JSON."""
@@ -360,7 +353,7 @@ class ShimClient:
             resources=any_pb2.Any(type_url=RESOURCES_URL, value=resources),
             annotations=dict(annotations or {}),
         )
-        await self._call(self._stub.Update, request)
+        await self._call(request, pb.UpdateResponse)
 
     async def wait(self, exec_id: str = "") -> ExitInfo:
         """Wait until the process exits; returns its exit (pid left 0).
@@ -373,7 +366,7 @@ class ShimClient:
         runs again it reports the exit, and the Wait completes.
         """
         request = pb.WaitRequest(id=self.id, exec_id=exec_id)
-        waiting = asyncio.ensure_future(self._call(self._stub.Wait, request, None))
+        waiting = asyncio.ensure_future(self._call(request, pb.WaitResponse, None))
         probe = asyncio.ensure_future(self.info())
         try:
             await asyncio.wait((waiting, probe), return_when=asyncio.FIRST_COMPLETED)
@@ -398,7 +391,7 @@ class ShimClient:
 
     async def stats(self) -> RawAny:
         """The container's cgroup metrics (io.containerd.cgroups.v1.Metrics or v2)."""
-        r = await self._call(self._stub.Stats, pb.StatsRequest(id=self.id))
+        r = await self._call(pb.StatsRequest(id=self.id), pb.StatsResponse)
         return RawAny(r.stats.type_url, r.stats.value)
 
     async def state(self, exec_id: str = "", *, deadline: float | None = None) -> ProcessState:
@@ -406,7 +399,7 @@ class ShimClient:
         :class:`ShimTimeouts`, for listings; callers that must not mistake a slow shim for a
         stuck one pass a longer one)."""
         request = pb.StateRequest(id=self.id, exec_id=exec_id)
-        r = await self._call(self._stub.State, request, self.timeouts.state if deadline is None else deadline)
+        r = await self._call(request, pb.StateResponse, self.timeouts.state if deadline is None else deadline)
         return ProcessState(
             id=r.id,
             exec_id=r.exec_id,
@@ -423,11 +416,11 @@ class ShimClient:
         after the file was renamed for rotation: CRI's ReopenContainerLog. FailedPrecondition
         when the process is not running, NotFound when the task is gone; a process whose
         output goes elsewhere has nothing to reopen (no error)."""
-        await self._call(self._stub.ReopenLog, pb.ReopenLogRequest(id=self.id, exec_id=exec_id))
+        await self._call(pb.ReopenLogRequest(id=self.id, exec_id=exec_id), pb.ReopenLogResponse)
 
     async def shutdown(self, *, now: bool = False) -> None:
         """Ask the shim to exit (it does once its task is deleted, or at once with ``now``)."""
         try:
-            await self._call(self._stub.Shutdown, pb.ShutdownRequest(id=self.id, now=now))
+            await self._call(pb.ShutdownRequest(id=self.id, now=now), pb.ShutdownResponse)
         except Unavailable:
             pass  # it went away before answering: that is what was asked

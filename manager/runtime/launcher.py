@@ -97,7 +97,8 @@ class ShimLauncher:
     """Starts shims for ctrpyd (through the template when it can); see the module docstring.
 
     ``state_dir`` is ctrpyd's state directory (bundles, shim sockets, runc state);
-    ``manager_address`` is ctrpyd's socket, where shims publish task events; ``timeouts`` are
+    ``manager_address`` is ctrpyd's ttrpc socket (``[ttrpc] address``), where shims forward
+    their task events; ``timeouts`` are
     the deadlines of the clients it returns; ``spare`` has the template keep a spare shim
     forked ahead of time (:mod:`ctrpy.shim.spare`).
     """
@@ -216,7 +217,7 @@ class ShimLauncher:
         if "error" in reply:
             raise error_from_message(str(reply["error"]))
         # The shim replies once its server is listening, so no Connect round trip is needed:
-        # the channel connects with the first call (Create), which is the next one anyway.
+        # the client dials at the first call (Create), which is the next one anyway.
         return ShimClient(
             str(reply["address"]), bundle.id, namespace=bundle.namespace,
             shim_pid=bundle.shim_pid() or 0, timeouts=self.timeouts,

@@ -6,17 +6,17 @@ daemon without tracing must not carry the SDK (several MiB of modules). :func:`s
 no-op context manager and :func:`traced` calls straight through, so the cost of a disabled span
 is a global read.
 
-What is traced (see README, "Traces"): a span per RPC (the server interceptor in :mod:`.otel`),
-and inside it the metadata store calls, the calls to shims (whose own steps, the rootfs mount,
-``runc create``, ``runc start``, come back with the answer: see :mod:`ctrpy.shim.steps`), the
-shim start, CNI ADD/DEL and image pulls.
+What is traced (see README, "Traces"): a span per RPC (the server interceptor in :mod:`.otel`;
+for the shims' events on the ttrpc socket, :func:`ttrpc_call`), and inside it the metadata store
+calls, the calls to shims (:func:`shim_call`; their own steps, the rootfs mount, ``runc create``,
+``runc start``, come back in the answer's ``steps``), the shim start, CNI ADD/DEL and image pulls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
@@ -64,10 +64,23 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     return [] if _active is None else [_active.server_interceptor()]
 
 
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """For channels to shims: a span per call and the W3C ``traceparent`` sent along, when
-    tracing is on (else none: grpc then adds no interception layer at all)."""
-    return [] if _active is None else [_active.shim_interceptor()]
+async def shim_call(service: str, method: str, send: Callable[[Sequence[tuple[str, str]]], Awaitable[T]]) -> T:
+    """Make one ttrpc call to a shim, ``send(metadata)``, as a CLIENT span with the W3C
+    ``traceparent`` in ``metadata`` and the shim's steps of the answer (its ``steps``, if it has
+    them) as child spans. Callers check :func:`enabled` first, so that with tracing off a shim
+    call costs one ``if``; outside a traced call it is sent as it is."""
+    if _active is None:
+        return await send(())
+    return await _active.shim_call(service, method, send)
+
+
+def ttrpc_call(service: str, method: str, namespace: str, request: object,
+               metadata: Mapping[str, Sequence[str]]) -> contextlib.AbstractContextManager[Any]:
+    """The SERVER span of one call on ctrpyd's ttrpc socket (a shim's event), around its
+    handler: named and grouped into client sessions like a gRPC call (a no-op when off)."""
+    if _active is None:
+        return _NOTHING
+    return _active.ttrpc_call(service, method, namespace, request, metadata)
 
 
 def span(name: str, **attributes: str | int | float | bool) -> contextlib.AbstractContextManager[Any]:

@@ -4,22 +4,24 @@ Three pieces, all owned by :class:`Tracing`:
 
 - a server interceptor that makes one SERVER span per RPC, named as containerd's otelgrpc
   names them (``containerd.services.tasks.v1.Tasks/Create``), current while the handler runs so
-  that what the handler does (store calls, shim calls, CNI, pulls) nests under it;
-- a client interceptor for the channels to shims: a CLIENT span per shim call, with the W3C
-  ``traceparent`` sent in the call's metadata, and the shim's own steps of a Create or Start
-  (the rootfs mount, the stdio, ``runc create``, ``runc start``) recorded as its child spans.
-  The shim makes no spans: it already times those steps and returns them in the answer's
-  trailing metadata (:mod:`ctrpy.shim.steps`, kept for the start-up timeline), and ctrpyd turns
-  them into spans. That is the cheaper way for the shim, of which there is one per container:
-  OpenTelemetry's SDK and OTLP exporter in each would add several MiB of modules, an export
-  thread and a collector connection to every shim, for a few timestamps;
+  that what the handler does (store calls, shim calls, CNI, pulls) nests under it; the calls on
+  ctrpyd's ttrpc socket (the shims' events, ``Events/Forward``) get the same
+  (:meth:`Tracing.ttrpc_call`);
+- for the ttrpc calls to shims (:meth:`Tracing.shim_call`): a CLIENT span per call, with the
+  W3C ``traceparent`` sent in the request's metadata, and the shim's own steps of a Create or
+  Start (the rootfs mount, the stdio, ``runc create``, ``runc start``) recorded as its child
+  spans. The shim makes no spans: it already times those steps and returns them in the answer
+  (``steps`` of CreateResponse and StartResponse, kept for the start-up timeline), and ctrpyd
+  turns them into spans. That is the cheaper way for the shim, of which there is one per
+  container: OpenTelemetry's SDK and OTLP exporter in each would add several MiB of modules, an
+  export thread and a collector connection to every shim, for a few timestamps;
 - client sessions (:class:`Sessions`), which put the separate RPCs of one client operation into
   one trace. A client that traces sends ``traceparent`` and its context is used as it is. The
   stock ``ctr`` sends none, so ctrpyd groups its calls itself, by what ties them together on the
   wire: ``ctr run`` makes a lease (Leases.Create), sends it with every call up to
   Containers.Create, and names the container in every call after it (Tasks.Create/Start/Wait/
-  Delete, Snapshots.Mounts/Remove, Containers.Get/Delete; and the shim's task events, published
-  to ctrpyd with Events.Publish, name it inside the event). A session starts at Leases.Create
+  Delete, Snapshots.Mounts/Remove, Containers.Get/Delete; and the shim's task events, forwarded
+  to ctrpyd's ttrpc socket with Events/Forward, name it inside the event). A session starts at Leases.Create
   (or at a Containers.Create without a lease), takes in every call that carries its lease or
   names its container, and ends, with its root span, once the lease and the container are both
   deleted. Calls before the lease exists (ctr's image lookups) stay traces of their own.
@@ -30,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import structlog
@@ -47,7 +49,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ctrpy import namespaces
+from ctrpy.errors import CtrpyError
 from ctrpy.shim import steps as shim_steps
+from ctrpy.shim.steps import StepTuple
 
 from ..services.edge import Context, Handler, WrappingInterceptor
 
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from ctrpy.manager.config import TracingConfig
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: Seconds one export may take; also bounds the flush when ctrpyd stops.
 EXPORT_TIMEOUT = 5.0
@@ -66,6 +71,8 @@ LEASES_DELETE = "/containerd.services.leases.v1.Leases/Delete"
 CONTAINERS_CREATE = "/containerd.services.containers.v1.Containers/Create"
 CONTAINERS_DELETE = "/containerd.services.containers.v1.Containers/Delete"
 EVENTS_PUBLISH = "/containerd.services.events.v1.Events/Publish"
+EVENTS_FORWARD = "/containerd.services.events.v1.Events/Forward"
+TTRPC_FORWARD = "/containerd.services.events.ttrpc.v1.Events/Forward"  # the shims' events
 CRI_PREFIX = "/runtime.v1."
 #: The W3C Trace Context header.
 TRACEPARENT = "traceparent"
@@ -88,8 +95,10 @@ def container_of(method: str, request: object) -> str:
         return _text(getattr(request, "id", ""))
     if method.startswith("/containerd.services.snapshots.v1.Snapshots/"):
         return _text(getattr(request, "key", ""))
-    if method == EVENTS_PUBLISH:  # a shim's task event: the container is in the event itself
+    if method == EVENTS_PUBLISH:  # a task event: the container is in the event itself
         return _task_event_container(getattr(request, "event", None))
+    if method in (TTRPC_FORWARD, EVENTS_FORWARD):  # a shim's task event, in its envelope
+        return _task_event_container(getattr(getattr(request, "envelope", None), "event", None))
     return ""
 
 
@@ -246,9 +255,6 @@ class Tracing:
     def server_interceptor(self) -> grpc.aio.ServerInterceptor:
         return _ServerInterceptor(self)
 
-    def shim_interceptor(self) -> grpc.aio.ClientInterceptor:
-        return _ShimInterceptor(self)
-
     def span(self, name: str, attributes: Mapping[str, str | int | float | bool]) -> AbstractContextManager[Any]:
         """A child of the current span; nothing outside a traced call (a store call made by the
         garbage collector, say, would otherwise start a trace of its own every time)."""
@@ -262,12 +268,16 @@ class Tracing:
         """The SERVER span of one call (not yet current), under the client's own trace context
         when it sent one, else under its session's root, else in a new trace."""
         metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+        namespace = metadata.get(namespaces.NAMESPACE_HEADER) or namespaces.DEFAULT
+        return self._start_server_span(method, request, metadata, namespace, "grpc")
+
+    def _start_server_span(self, method: str, request: object, metadata: Mapping[str, str], namespace: str,
+                           system: str) -> RpcCall:
         service, _, name = method.lstrip("/").rpartition("/")
-        attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        attributes: dict[str, str | int] = {"rpc.system": system, "rpc.service": service, "rpc.method": name}
         container = container_of(method, request)
         if container:
             attributes["containerd.container"] = container
-        namespace = metadata.get(namespaces.NAMESPACE_HEADER) or namespaces.DEFAULT
         parent = otel_context.Context()  # empty: a new trace
         session, started = None, False
         extracted = self.propagator.extract(metadata) if TRACEPARENT in metadata else None
@@ -283,7 +293,9 @@ class Tracing:
 
     def finish_rpc(self, call: RpcCall, request: object, context: Context, error: BaseException | None) -> None:
         """Set the call's status code on its span and end it; then tell its session."""
-        code = _status_code(context, error)
+        self._finish_server_span(call, request, _status_code(context, error))
+
+    def _finish_server_span(self, call: RpcCall, request: object, code: grpc.StatusCode) -> None:
         span = call.span
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK:
@@ -295,13 +307,61 @@ class Tracing:
 
     # --- shim calls -------------------------------------------------------------------
 
-    def record_shim_steps(self, parent: Span, trailers: Iterable[tuple[str, Any]] | None) -> None:
-        """Turn the steps a shim returned in the trailing metadata into child spans of the shim
-        call's span. The shim times them on the host's monotonic clock (which ctrpyd shares);
-        spans want wall-clock time."""
-        steps = shim_steps.parse(trailers or ())
-        if not steps:
-            return
+    @contextmanager
+    def ttrpc_call(self, service: str, method: str, namespace: str, request: object,
+                   metadata: Mapping[str, Sequence[str]]) -> Iterator[None]:
+        """The SERVER span of one call on ctrpyd's ttrpc socket, current around the handler:
+        ``namespace`` is the one the call is about (a Forward's envelope names it), the client's
+        ``traceparent`` wins, else the call joins its container's session as a gRPC call does."""
+        first = {key: values[0] for key, values in metadata.items() if values}
+        call = self._start_server_span(f"/{service}/{method}", request, first, namespace, "ttrpc")
+        token = otel_context.attach(trace.set_span_in_context(call.span))
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except CtrpyError as error:
+            code = error.code
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            otel_context.detach(token)
+            self._finish_server_span(call, request, code)
+
+    async def shim_call(self, service: str, method: str,
+                        send: Callable[[Sequence[tuple[str, str]]], Awaitable[T]]) -> T:
+        """One ttrpc call to a shim, ``send(metadata)``, as a CLIENT span (see the module
+        docstring); outside a traced call, sent as it is."""
+        if not trace.get_current_span().get_span_context().is_valid:
+            return await send(())  # not part of a traced call
+        attributes = {"rpc.system": "ttrpc", "rpc.service": service, "rpc.method": method}
+        with self.tracer.start_as_current_span(f"{service}/{method}", kind=SpanKind.CLIENT, attributes=attributes,
+                                               record_exception=False, set_status_on_exception=False) as span:
+            carrier: dict[str, str] = {}
+            self.propagator.inject(carrier)
+            try:
+                response = await send(tuple(carrier.items()))
+            except CtrpyError as error:
+                span.set_attribute("rpc.grpc.status_code", error.code.value[0])
+                span.set_status(Status(StatusCode.ERROR, error.code.name))
+                raise
+            except asyncio.CancelledError:
+                span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
+                raise
+            span.set_attribute("rpc.grpc.status_code", 0)
+            steps = getattr(response, "steps", ())  # CreateResponse, StartResponse: ctrpy.shim.v1.Step
+            if steps:
+                self.record_shim_steps(span, shim_steps.from_proto(steps))
+            return response
+
+    def record_shim_steps(self, parent: Span, steps: Iterable[StepTuple]) -> None:
+        """Turn the steps a shim returned in its answer into child spans of the shim call's
+        span. The shim times them on the host's monotonic clock (which ctrpyd shares); spans
+        want wall-clock time."""
         offset = time.time_ns() - time.monotonic_ns()
         context = trace.set_span_in_context(parent)
         for name, start, end in steps:
@@ -389,45 +449,3 @@ class _ServerInterceptor(WrappingInterceptor):
 
         return handler
 
-
-class _ShimInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """A CLIENT span per shim call, ``traceparent`` sent along, the shim's steps recorded."""
-
-    def __init__(self, tracing: Tracing) -> None:
-        self._tracing = tracing
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> grpc.aio.UnaryUnaryCall[Any, Any]:
-        if not trace.get_current_span().get_span_context().is_valid:
-            return await continuation(client_call_details, request)  # not part of a traced call
-        method = client_call_details.method
-        name = (method.decode() if isinstance(method, bytes) else str(method)).lstrip("/")
-        service, _, short = name.rpartition("/")
-        tracer = self._tracing.tracer
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": short}
-        with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes,
-                                          record_exception=False, set_status_on_exception=False) as span:
-            carrier: dict[str, str] = {}
-            self._tracing.propagator.inject(carrier)
-            metadata = grpc.aio.Metadata(*tuple(client_call_details.metadata or ()), *carrier.items())
-            details = grpc.aio.ClientCallDetails(
-                client_call_details.method, client_call_details.timeout, metadata,
-                client_call_details.credentials, client_call_details.wait_for_ready,
-            )  # fmt: skip
-            call = await continuation(details, request)
-            try:
-                await call
-            except grpc.aio.AioRpcError as error:
-                span.set_attribute("rpc.grpc.status_code", error.code().value[0])
-                span.set_status(Status(StatusCode.ERROR, error.code().name))
-            except asyncio.CancelledError:
-                span.set_status(Status(StatusCode.ERROR, "CANCELLED"))
-                raise
-            else:
-                span.set_attribute("rpc.grpc.status_code", 0)
-            self._tracing.record_shim_steps(span, await call.trailing_metadata())
-            return call

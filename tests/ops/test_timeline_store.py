@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from ctrpy.api.ctrpy.shim.v1 import shim_pb2
 from ctrpy.manager.cri import steptimes
 from ctrpy.manager.timeline import GAP, RUNNING, Step, Timelines
-from ctrpy.shim.steps import Steps, parse
+from ctrpy.shim.steps import Steps, from_proto
 
 MS = 1_000_000
 
@@ -80,9 +81,10 @@ def test_shim_steps_round_trip() -> None:
     steps = Steps()
     with steps.timed("runc create"):
         pass
-    parsed = parse([("other", "x"), *steps.metadata()])
+    answer = shim_pb2.CreateResponse.FromString(shim_pb2.CreateResponse(pid=1, steps=steps.to_proto()).SerializeToString())
+    parsed = from_proto(answer.steps)
     assert [name for name, _, _ in parsed] == ["runc create"] and parsed[0][1] <= parsed[0][2]
-    assert parse([("ctrpy-steps", "not json")]) == [] and parse([]) == []
+    assert from_proto(shim_pb2.StartResponse(pid=1).steps) == []
 
 
 def test_cri_steps_are_kept_per_id() -> None:

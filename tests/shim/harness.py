@@ -1,4 +1,4 @@
-"""Real shims, real runc, a busybox rootfs and a fake ctrpyd that records published events.
+"""Real shims, real runc, a busybox rootfs and a fake ctrpyd that records forwarded events.
 
 Plain Python (no pytest), so that bench/shim_cost.py can use it too. Everything a test starts
 is cleaned up by :meth:`Env.close`, even after a failure: shims are SIGKILLed by pid, runc
@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -22,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from ctrpy import ttrpc
 from ctrpy.api.containerd.events import task_pb2 as task_events
-from ctrpy.api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+from ctrpy.api.containerd.services.ttrpc.events.v1 import events_pb2
+from ctrpy.errors import Unavailable
 from ctrpy.manager.runtime import Bundle, ShimClient, ShimLauncher, Stdio
 from ctrpy.mount import Mount, mountpoints_under, unmount_recursive
 from ctrpy.shim import files
@@ -106,13 +108,15 @@ def kill_pid(pid: int) -> None:
 
 @dataclass
 class Published:
-    """One Publish call the fake manager received."""
+    """One Forward call the fake manager received (the envelope's fields)."""
 
     namespace: str
     topic: str
     type_url: str
     value: bytes
     exit_file: files.ExitInfo | None = None  # the bundle's exit file when a TaskExit arrived
+    timestamp_ns: int = 0  # the envelope's: when the shim queued the event
+    metadata_namespace: str = ""  # the call's containerd-namespace-ttrpc metadata
 
     def decode(self) -> Message:
         name = self.type_url.rsplit(".", 1)[-1]
@@ -121,8 +125,9 @@ class Published:
         return message
 
 
-class FakeManager(events_pb2_grpc.EventsServicer):
-    """A ctrpyd stand-in serving Events/Publish; it can fail the first ``fail_first`` calls."""
+class FakeManager:
+    """A ctrpyd stand-in serving ttrpc Events/Forward on ``socket_path``; it can fail the first
+    ``fail_first`` calls (with Unavailable, as a ctrpyd that is not ready would)."""
 
     def __init__(self, socket_path: Path, bundle_of: Callable[[str], Path], fail_first: int = 0) -> None:
         self.socket_path = socket_path
@@ -131,26 +136,39 @@ class FakeManager(events_pb2_grpc.EventsServicer):
         self.failed = 0
         self.events: list[Published] = []
         self._changed = asyncio.Event()
-        self._server: grpc.aio.Server | None = None
+        self._server: ttrpc.Server | None = None
 
     async def start(self) -> None:
-        self._server = grpc.aio.server()
-        events_pb2_grpc.add_EventsServicer_to_server(self, self._server)
-        self._server.add_insecure_port(f"unix:{self.socket_path}")
-        await self._server.start()
+        self._server = ttrpc.Server()
+        self._server.register(
+            "containerd.services.events.ttrpc.v1.Events",
+            {"Forward": ttrpc.Method(events_pb2.ForwardRequest, self.forward)},
+        )
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.socket_path))
+        sock.listen(64)
+        await self._server.start(sock)
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.stop(None)
+            await self._server.shutdown()
             self._server = None
+            self.socket_path.unlink(missing_ok=True)
 
-    async def Publish(self, request: events_pb2.PublishRequest, context: Any) -> empty_pb2.Empty:
+    async def forward(self, request: events_pb2.ForwardRequest, context: ttrpc.Context) -> empty_pb2.Empty:
         if self.failed < self.fail_first:
             self.failed += 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "manager not ready")
-        namespace = dict(context.invocation_metadata()).get("containerd-namespace", "")
-        published = Published(namespace, request.topic, request.event.type_url, request.event.value)
-        if request.topic == "/tasks/exit":
+            raise Unavailable("manager not ready")
+        envelope = request.envelope
+        published = Published(
+            envelope.namespace,
+            envelope.topic,
+            envelope.event.type_url,
+            envelope.event.value,
+            timestamp_ns=envelope.timestamp.ToNanoseconds(),
+            metadata_namespace=(context.metadata.get("containerd-namespace-ttrpc") or [""])[0],
+        )
+        if published.topic == "/tasks/exit":
             exit_event = published.decode()
             published.exit_file = files.read_exit(self.bundle_of(exit_event.container_id))  # type: ignore[attr-defined]
         self.events.append(published)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +23,7 @@ CREATED, RUNNING, STOPPED, PAUSED = 1, 2, 3, 4
 @aio
 async def test_exit_status_and_output(make_env: Callable[..., Env]) -> None:
     async with make_env() as env:
+        began = time.time_ns()
         status, out, err = await env.run("ok", ["sh", "-c", "echo hello; echo oops >&2"])
         assert (status, out, err) == (0, b"hello\n", b"oops\n")
         status, out, _ = await env.run("seven", ["sh", "-c", "echo bye; exit 7"])
@@ -35,6 +37,9 @@ async def test_exit_status_and_output(make_env: Callable[..., Env]) -> None:
         ]
         published = env.manager.events
         assert {e.namespace for e in published} == {NAMESPACE}
+        assert {e.metadata_namespace for e in published} == {NAMESPACE}  # as containerd's shims send it
+        stamps = [e.timestamp_ns for e in published if getattr(e.decode(), "container_id", "") == "seven"]
+        assert stamps == sorted(stamps) and stamps[0] >= began  # when each event happened, in order
         assert {e.type_url for e in published} >= {
             "containerd.events.TaskExit",
             "containerd.events.TaskCreate",

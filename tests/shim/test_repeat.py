@@ -47,7 +47,7 @@ def shim_pids(state: Path) -> set[int]:
 async def test_twenty_runs_leave_nothing_behind(make_env: Callable[..., Env]) -> None:
     async with make_env() as env:
         shims_before = shim_pids(env.state)
-        # One run first, so that lazily created gRPC/asyncio descriptors exist before counting.
+        # One run first, so that lazily created ttrpc/asyncio descriptors exist before counting.
         assert await env.run_and_remove("warmup", ["true"]) == 0
         fds_before = sorted(os.listdir("/proc/self/fd"))
         for i in range(RUNS):

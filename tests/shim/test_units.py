@@ -17,6 +17,7 @@ from ctrpy.manager.runtime.launcher import error_from_message
 from ctrpy.mount import Mount, mounted
 from ctrpy.shim import files
 from ctrpy.shim.config import MAX_SOCKET_PATH, ShimConfig
+from ctrpy.shim.events import socket_path
 from ctrpy.shim.metrics import to_metrics
 from ctrpy.shim.process import clamp_oom_score_adj, has_own_pid_namespace
 from ctrpy.shim.states import State, check, transition
@@ -54,7 +55,7 @@ def test_config_paths_and_validation(tmp_path: Path) -> None:
     config = ShimConfig("ns", "c1", str(tmp_path / "b"), "", str(tmp_path))
     assert config.runtime_root == str(tmp_path / "runc" / "ns")
     assert config.socket_path.startswith(str(tmp_path / "s") + "/")
-    assert config.grpc_address == f"unix://{config.socket_path}"
+    assert config.socket_address == f"unix://{config.socket_path}"
     assert ShimConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InvalidArgument):
         ShimConfig("ns", "../x", str(tmp_path / "b"), "", str(tmp_path))
@@ -62,6 +63,12 @@ def test_config_paths_and_validation(tmp_path: Path) -> None:
         ShimConfig("ns", "c1", "/b", "", "/" + "x" * 100)
     with pytest.raises(InvalidArgument):
         ShimConfig.from_dict({"namespace": "ns"})
+
+
+def test_events_address_forms() -> None:
+    # ctrpyd's ttrpc socket reaches the shim as a path or a unix:// address (containerd's form).
+    for address in ("/run/x/ctrpy.sock.ttrpc", "unix:///run/x/ctrpy.sock.ttrpc", "unix:/run/x/ctrpy.sock.ttrpc"):
+        assert socket_path(address) == "/run/x/ctrpy.sock.ttrpc"
 
 
 def test_oom_score_adj_clamp_and_pid_namespace() -> None:

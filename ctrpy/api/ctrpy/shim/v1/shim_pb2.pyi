@@ -14,8 +14,11 @@ request the process's state does not allow (start of a running process,
 delete of a running one), AlreadyExists for a second Create or a reused exec
 id, and Unknown carrying the runtime's own message when runc fails.
 
-Exits and other task events are not streamed here: the shim publishes them
-to ctrpyd through containerd.services.events.v1.Events/Publish.
+The service is served over ttrpc (containerd's protocol for its shims: a
+10-byte frame header and a protobuf Request/Response, see proto/ttrpc), not
+gRPC. Exits and other task events are not streamed here: the shim forwards
+them to ctrpyd's ttrpc socket through
+containerd.services.events.ttrpc.v1.Events/Forward, as containerd's shims do.
 """
 
 from collections import abc as _abc
@@ -186,20 +189,58 @@ class CreateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """Host pid of the init process."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
+        """Where the shim's time went: mounting the rootfs, opening the stdio,
+        runc create (for ctrpyd's start-up timeline and trace).
+        """
+
     def __init__(
         self,
         *,
         pid: _builtins.int = ...,
+        steps: _abc.Iterable[Global___Step] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateResponse: _TypeAlias = CreateResponse  # noqa: Y015
+
+@_typing.final
+class Step(_message.Message):
+    """Step is one timed step of a Create or Start, on the host's monotonic clock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    START_NS_FIELD_NUMBER: _builtins.int
+    END_NS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """What was done ("runc create")."""
+    start_ns: _builtins.int
+    """When it began, in nanoseconds of CLOCK_MONOTONIC."""
+    end_ns: _builtins.int
+    """When it ended, in nanoseconds of CLOCK_MONOTONIC."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        start_ns: _builtins.int = ...,
+        end_ns: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_ns", b"end_ns", "name", b"name", "start_ns", b"start_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Step: _TypeAlias = Step  # noqa: Y015
 
 @_typing.final
 class StartRequest(_message.Message):
@@ -234,16 +275,22 @@ class StartResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     """Host pid of the started process."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
+        """Where the shim's time went (runc start); see CreateResponse."""
+
     def __init__(
         self,
         *,
         pid: _builtins.int = ...,
+        steps: _abc.Iterable[Global___Step] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pid", b"pid", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,8 +14,11 @@ request the process's state does not allow (start of a running process,
 delete of a running one), AlreadyExists for a second Create or a reused exec
 id, and Unknown carrying the runtime's own message when runc fails.
 
-Exits and other task events are not streamed here: the shim publishes them
-to ctrpyd through containerd.services.events.v1.Events/Publish.
+The service is served over ttrpc (containerd's protocol for its shims: a
+10-byte frame header and a protobuf Request/Response, see proto/ttrpc), not
+gRPC. Exits and other task events are not streamed here: the shim forwards
+them to ctrpyd's ttrpc socket through
+containerd.services.events.ttrpc.v1.Events/Forward, as containerd's shims do.
 """
 
 from collections import abc as _abc
