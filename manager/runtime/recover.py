@@ -5,7 +5,9 @@ the bundle's ``address`` file, failing fast when the socket is missing or refuse
 for a dead shim); the bundles of a pod's tasks name their one shim, and each connects to it.
 A live shim is returned with a connected client; for a dead one (or a bundle whose shim never
 started) it runs ``ctrpy-shim delete``, which cleans up and reports the exit
-the shim had written to the bundle, or status 255 (DESIGN.md, "After a crash").
+the shim had written to the bundle, or status 255 (DESIGN.md, "After a crash"). A shim that
+answers in gRPC instead of ttrpc was started by an older ctrpyd: it is left running and its
+task reported as not managed (:mod:`.legacyshim`), never cleaned up as dead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ctrpy.shim.files import ExitInfo
 from .bundle import Bundle, bundles
 from .client import DEFAULT_TIMEOUTS, ProcessState, ShimClient, ShimTimeouts, socket_answers, socket_path
 from .launcher import run_shim_delete
+from .legacyshim import speaks_grpc
 
 log = structlog.get_logger("ctrpy.runtime")
 
@@ -72,7 +75,9 @@ async def recover(
     """
     limit = asyncio.Semaphore(CONNECTS_AT_ONCE)
 
-    async def reach(bundle: Bundle) -> tuple[ShimClient, ProcessState | None] | None:
+    async def reach(bundle: Bundle) -> tuple[ShimClient, ProcessState | None] | str | None:
+        """The live shim's client and its task's state; None for a dead shim; for a shim of an
+        older ctrpyd, why it is left alone."""
         address = bundle.address()
         if not address:
             return None
@@ -83,6 +88,11 @@ async def recover(
                     attach_socket=task_attach_socket(os.fspath(state_dir), bundle.namespace, bundle.id),
                 )  # fmt: skip
             except CtrpyError as exc:
+                if isinstance(exc, Unavailable) and await speaks_grpc(socket_path(address)):
+                    log.error("shim of an older ctrpyd left running", namespace=bundle.namespace, id=bundle.id,
+                              pid=bundle.shim_pid())
+                    return (f"its shim (pid {bundle.shim_pid()}) speaks gRPC: it was started by an older "
+                            "ctrpyd, and is left running, not managed")
                 log.info("shim is gone", namespace=bundle.namespace, id=bundle.id, reason=exc.message)
                 return None
 
@@ -92,6 +102,9 @@ async def recover(
     reached = await asyncio.gather(*(reach(bundle) for bundle in every))
     found: list[FoundShim] = []
     for bundle, live in zip(every, reached, strict=True):
+        if isinstance(live, str):
+            found.append(FoundShim(bundle, error=live))  # not dead: its container runs on
+            continue
         if live is not None:
             found.append(FoundShim(bundle, client=live[0], state=live[1]))
             continue
