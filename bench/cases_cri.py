@@ -125,9 +125,10 @@ class Found:
             create_start=m("CreateContainer + StartContainer", "ms", True),
             pod_of_two=m("pod of two containers to running (RunPodSandbox, 2 x Create+Start)", "ms", True),
             teardown_two=m("  its teardown (StopPodSandbox + RemovePodSandbox)", "ms"),
-            pss=m(f"shims + pause PSS per pod ({pods} pods, no containers)", "MiB", True),
+            # Memory per pod is reported, not held to a target (the targets are the latencies).
+            pss=m(f"shims + pause PSS per pod ({pods} pods, no containers)", "MiB"),
             private=m(f"shims + pause Private_Dirty per pod ({pods} pods, no containers)", "MiB"),
-            pss_two=m(f"shims + pause PSS per pod ({pods} pods of two containers)", "MiB", True),
+            pss_two=m(f"shims + pause PSS per pod ({pods} pods of two containers)", "MiB"),
             private_two=m(f"shims + pause Private_Dirty per pod ({pods} pods of two containers)", "MiB"),
             pause=m("  of which: the pause process's PSS", "MiB"),
             shims=m("shims per pod (no containers)", "shims"),
