@@ -140,14 +140,20 @@ def test_a_slow_call_holds_up_no_other_and_its_deadline_ends_it_on_both_sides(so
     asyncio.run(main())
 
 
+async def holding(path: str) -> tuple[Probe, ttrpc.Server, ttrpc.Client, asyncio.Future[pb.StateResponse]]:
+    """A server, a client, and a call of the client's that the server holds (running)."""
+    probe = Probe()
+    server = await serve(path, probe)()
+    client = ttrpc.Client(path)
+    held = asyncio.ensure_future(client.call(SERVICE, "Hold", pb.StateRequest(), pb.StateResponse))
+    while not server.calls:
+        await asyncio.sleep(0.01)
+    return probe, server, client, held
+
+
 def test_a_lost_connection_fails_the_calls_in_flight_and_the_next_call_dials_again(sock_path: str) -> None:
     async def main() -> None:
-        probe = Probe()
-        server = await serve(sock_path, probe)()
-        client = ttrpc.Client(sock_path)
-        held = asyncio.ensure_future(client.call(SERVICE, "Hold", pb.StateRequest(), pb.StateResponse))
-        while not server.calls:
-            await asyncio.sleep(0.01)
+        probe, server, client, held = await holding(sock_path)
         await server.shutdown()  # cancels the held call and closes the connection
         with pytest.raises(errors.Unavailable, match="connection closed"):
             await held
@@ -165,12 +171,7 @@ def test_a_lost_connection_fails_the_calls_in_flight_and_the_next_call_dials_aga
 
 def test_the_client_stops_the_server_on_its_own_side_when_it_goes_away(sock_path: str) -> None:
     async def main() -> None:
-        probe = Probe()
-        server = await serve(sock_path, probe)()
-        client = ttrpc.Client(sock_path)
-        held = asyncio.ensure_future(client.call(SERVICE, "Hold", pb.StateRequest(), pb.StateResponse))
-        while not server.calls:
-            await asyncio.sleep(0.01)
+        probe, server, client, held = await holding(sock_path)
         await client.close()
         with pytest.raises(errors.Unavailable):
             await held
