@@ -54,6 +54,8 @@ RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
 SERVICE = "ctrpy.shim.v1.TaskService"
 CALL_TIMEOUT = 30.0
 STATE_TIMEOUT = 2.0  # containerd's io.containerd.timeout.task.state
+#: How long a Wait may go unanswered before the shim is probed with a Connect (see wait()).
+PROBE_AFTER = 0.05
 # Calls that never move a process (ShimClient.changes does not count them).
 _READS = (pb.StateRequest, pb.ConnectRequest, pb.StatsRequest, pb.PidsRequest)
 
@@ -359,16 +361,24 @@ class ShimClient:
         """Wait until the process exits; returns its exit (pid left 0).
 
         The answer has no deadline: a process may run for as long as it likes. Reaching the
-        shim does: alongside the Wait, a Connect must be answered within the call deadline,
-        else the Wait is given up with DeadlineExceeded (a shim that is stopped or stuck cannot
-        tell when the process exits). A Wait the shim has answered Connect for keeps waiting
+        shim does: alongside a Wait not answered within :data:`PROBE_AFTER` seconds, a Connect
+        must be answered within the call deadline, else the Wait is given up with
+        DeadlineExceeded (a shim that is stopped or stuck cannot tell when the process exits).
+        A Wait the shim has answered Connect for keeps waiting
         for as long as the process runs, even if the shim stops answering later: once the shim
         runs again it reports the exit, and the Wait completes.
         """
         request = pb.WaitRequest(id=self.id, exec_id=exec_id)
         waiting = asyncio.ensure_future(self._call(request, pb.WaitResponse, None))
-        probe = asyncio.ensure_future(self.info())
+        probe: asyncio.Future[ShimInfo] | None = None
         try:
+            # A Wait answered at once (a process that is already gone or exits right after its
+            # Start, as `ctr run --rm true`) needs no probe: the shim is not asked twice.
+            await asyncio.wait((waiting,), timeout=PROBE_AFTER)
+            if waiting.done():
+                r = await waiting
+                return ExitInfo(0, r.exit_status, _ns(r.exited_at))
+            probe = asyncio.ensure_future(self.info())
             await asyncio.wait((waiting, probe), return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
                 try:
@@ -383,6 +393,8 @@ class ShimClient:
             r = await waiting
         finally:
             for job in (waiting, probe):
+                if job is None:
+                    continue
                 if not job.done():
                     job.cancel()
                 elif not job.cancelled():
