@@ -11,22 +11,69 @@ Imports point one way: ``defaults`` <- ``opts``, ``users``, ``layout`` <- ``imag
 and :mod:`ctrpy.images`); nothing here imports the CLI or the daemon.
 """
 
-from ctrpy.oci.container import (
-    DEFAULT_RUNTIME,
-    RUNC_OPTIONS_URL,
-    STOP_SIGNAL_LABEL,
-    ContainerConfig,
-    build_spec,
-    create_container,
-    delete_container,
-    get_container,
-    mounted_snapshot,
-)
-from ctrpy.oci.defaults import Spec, add_default_devices, default_spec
-from ctrpy.oci.image import RunConfig, parse_run_config
-from ctrpy.oci.layout import PROCESS_URL, SPEC_URL, process_json, spec_json, spec_layout
-from ctrpy.oci.opts import MountFlag, parse_mount_flag, replace_or_append_env
-from ctrpy.oci.users import Identity, identity, resolve_user, root_path
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ctrpy.oci.container import (
+        DEFAULT_RUNTIME,
+        RUNC_OPTIONS_URL,
+        STOP_SIGNAL_LABEL,
+        ContainerConfig,
+        build_spec,
+        create_container,
+        delete_container,
+        get_container,
+        mounted_snapshot,
+    )
+    from ctrpy.oci.defaults import Spec, add_default_devices, default_spec
+    from ctrpy.oci.image import RunConfig, parse_run_config
+    from ctrpy.oci.layout import PROCESS_URL, SPEC_URL, process_json, spec_json, spec_layout
+    from ctrpy.oci.opts import MountFlag, parse_mount_flag, replace_or_append_env
+    from ctrpy.oci.users import Identity, identity, resolve_user, root_path
+
+# Imported at first use: a caller that needs one module (the shim, ``ctrpy.oci.mounts``; the
+# CRI, ``ctrpy.oci.defaults``) does not load the client and image code ``container`` brings.
+_WHERE = {
+    "ContainerConfig": "ctrpy.oci.container",
+    "DEFAULT_RUNTIME": "ctrpy.oci.container",
+    "Identity": "ctrpy.oci.users",
+    "MountFlag": "ctrpy.oci.opts",
+    "PROCESS_URL": "ctrpy.oci.layout",
+    "RUNC_OPTIONS_URL": "ctrpy.oci.container",
+    "RunConfig": "ctrpy.oci.image",
+    "SPEC_URL": "ctrpy.oci.layout",
+    "STOP_SIGNAL_LABEL": "ctrpy.oci.container",
+    "Spec": "ctrpy.oci.defaults",
+    "add_default_devices": "ctrpy.oci.defaults",
+    "build_spec": "ctrpy.oci.container",
+    "create_container": "ctrpy.oci.container",
+    "default_spec": "ctrpy.oci.defaults",
+    "delete_container": "ctrpy.oci.container",
+    "get_container": "ctrpy.oci.container",
+    "identity": "ctrpy.oci.users",
+    "mounted_snapshot": "ctrpy.oci.container",
+    "parse_mount_flag": "ctrpy.oci.opts",
+    "parse_run_config": "ctrpy.oci.image",
+    "process_json": "ctrpy.oci.layout",
+    "replace_or_append_env": "ctrpy.oci.opts",
+    "resolve_user": "ctrpy.oci.users",
+    "root_path": "ctrpy.oci.users",
+    "spec_json": "ctrpy.oci.layout",
+    "spec_layout": "ctrpy.oci.layout",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_RUNTIME",
