@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2
 
 from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2 as api
 from ctrpy.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as api_grpc
-from ctrpy.errors import CtrpyError, Unavailable
+from ctrpy.errors import CtrpyError, Unavailable, to_grpc_code
 
 from .base import Snapshotter
 from .wire import LIST_BATCH, info_from_proto, info_to_proto, mounts_to_proto, usage_to_proto
@@ -48,7 +48,7 @@ _MAX_MESSAGE = 16 * 1024 * 1024
 def _abort(context: Context, error: Exception, method: str) -> None:
     if isinstance(error, CtrpyError):
         log.debug("call failed", method=method, code=error.code.name, error=error.message)
-        context.abort(error.code, error.message)
+        context.abort(to_grpc_code(error), error.message)
     log.exception("call crashed", method=method, exc_info=error)
     context.abort(grpc.StatusCode.UNKNOWN, f"{type(error).__name__}: {error}")
 

@@ -101,8 +101,9 @@ async def _abort(context: Context, error: BaseException, method: str) -> None:
         error = diskspace.exhausted(error, f"serving {method}", filename if isinstance(filename, str) else "/")
     if isinstance(error, CtrpyError):
         log.debug("call failed", method=method, code=error.code.name, error=error.message)
-        context.set_code(error.code)  # abort() leaves code() at OK; the metrics interceptor reads it
-        await context.abort(error.code, bounded(error.message))
+        code = errors.to_grpc_code(error)
+        context.set_code(code)  # abort() leaves code() at OK; the metrics interceptor reads it
+        await context.abort(code, bounded(error.message))
     log.exception("call crashed", method=method, exc_info=error)
     context.set_code(grpc.StatusCode.UNKNOWN)
     await context.abort(grpc.StatusCode.UNKNOWN, bounded(f"{type(error).__name__}: {error}"))

@@ -49,7 +49,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ctrpy import namespaces
-from ctrpy.errors import CtrpyError
+from ctrpy.errors import CtrpyError, to_grpc_code
 from ctrpy.shim import steps as shim_steps
 from ctrpy.shim.steps import StepTuple
 
@@ -320,7 +320,7 @@ class Tracing:
         try:
             yield
         except CtrpyError as error:
-            code = error.code
+            code = to_grpc_code(error)
             raise
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -346,7 +346,7 @@ class Tracing:
             try:
                 response = await send(tuple(carrier.items()))
             except CtrpyError as error:
-                span.set_attribute("rpc.grpc.status_code", error.code.value[0])
+                span.set_attribute("rpc.grpc.status_code", int(error.code))
                 span.set_status(Status(StatusCode.ERROR, error.code.name))
                 raise
             except asyncio.CancelledError:
