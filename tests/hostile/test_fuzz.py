@@ -257,7 +257,7 @@ def test_what_the_fuzz_found_stays_fixed(fuzzed: Fuzzed) -> None:
     """Each of these once came back UNKNOWN, naming a Python exception."""
     from google.protobuf import timestamp_pb2
 
-    from ctrpy.errors import InvalidArgument, NotFound
+    from ctrpy.errors import InvalidArgument, NotFound, NotImplemented
 
     channel = fuzzed.channel
     with pytest.raises(grpc.RpcError) as undecodable:
@@ -274,8 +274,10 @@ def test_what_the_fuzz_found_stays_fixed(fuzzed: Fuzzed) -> None:
         with pytest.raises(InvalidArgument, match="out of range"):
             c.call(c.snapshots.Update, snapshots_pb2.UpdateSnapshotRequest(snapshotter="overlayfs", info=info))
         # As containerd, the task is looked up before Checkpoint is refused (whether a container
-        # "fuzz" exists depends on what the fuzz tests before this one made).
-        with pytest.raises(NotFound, match='task fuzz not found|container "fuzz" in namespace "default": not found'):
+        # "fuzz" and a task of it exist depends on what the random examples before this one
+        # made: the seeded container has a runnable spec, and a fuzzed Create may have run it).
+        with pytest.raises((NotFound, NotImplemented), match='task fuzz not found|container "fuzz" in namespace '
+                           '"default": not found|checkpoint needs CRIU'):
             c.call(c.tasks.Checkpoint, tasks_pb2.CheckpointTaskRequest(container_id="fuzz"))
 
 TASK_METHODS = ["Start", "Kill", "Exec", "Pause", "Resume", "Wait", "Delete", "DeleteProcess", "CloseIO",
