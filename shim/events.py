@@ -44,13 +44,6 @@ def timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
 
 
-def socket_path(address: str) -> str:
-    """The path of a unix socket given as a path, ``unix:path`` or ``unix:///path``."""
-    if address.startswith("unix://"):
-        return address[len("unix://") :]
-    return address.removeprefix("unix:")
-
-
 class Publisher:
     """An ordered, retrying queue of events for one namespace. Runs on the event loop."""
 
@@ -115,7 +108,7 @@ class Publisher:
             attempt += 1
             try:
                 if self._client is None:
-                    self._client = ttrpc.Client(socket_path(self.address))
+                    self._client = ttrpc.Client(self.address)
                 await self._client.call(
                     SERVICE,
                     "Forward",

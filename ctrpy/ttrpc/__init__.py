@@ -11,8 +11,8 @@ Errors cross it as status codes of ctrpy.errors, as over gRPC: a handler raises 
 :class:`~ctrpy.errors.CtrpyError` kind and the caller gets the same kind back.
 """
 
-from .client import Client
+from .client import Client, socket_path
 from .server import Context, Handler, Method, Server
 from .wire import MAX_MESSAGE
 
-__all__ = ["MAX_MESSAGE", "Client", "Context", "Handler", "Method", "Server"]
+__all__ = ["MAX_MESSAGE", "Client", "Context", "Handler", "Method", "Server", "socket_path"]

@@ -26,11 +26,20 @@ _FIRST_STREAM = 1  # clients use odd stream ids
 _LAST_STREAM = (1 << 31) - 1
 
 
-class Client:
-    """A client of the ttrpc server listening on the unix socket ``path``."""
+def socket_path(address: str) -> str:
+    """The filesystem path in ``unix:///path`` / ``unix:path`` / ``/path``."""
+    for prefix in ("unix://", "unix:"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return address
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+
+class Client:
+    """A client of the ttrpc server listening on the unix socket ``address``: a path, or
+    ``unix:///path`` / ``unix:path`` as containerd writes a shim's address."""
+
+    def __init__(self, address: str) -> None:
+        self.path = socket_path(address)
         self._connection: _Connection | None = None
         self._dialling: asyncio.Lock | None = None
 

@@ -39,6 +39,7 @@ from ctrpy.errors import CtrpyError, DeadlineExceeded, Unavailable
 from ctrpy.mount import Mount
 from ctrpy.shim import steps as shim_steps
 from ctrpy.shim.files import ExitInfo
+from ctrpy.ttrpc import socket_path
 
 from .. import tracing
 from ..timeline import Step, timelines
@@ -137,14 +138,6 @@ def _ns(ts: Any) -> int:
     return int(ts.seconds) * 1_000_000_000 + int(ts.nanos)
 
 
-def socket_path(address: str) -> str:
-    """The filesystem path in ``unix:///path`` / ``unix:path`` / ``/path``."""
-    for prefix in ("unix://", "unix:"):
-        if address.startswith(prefix):
-            return address[len(prefix) :]
-    return address
-
-
 def socket_answers(address: str) -> bool:
     """Whether something accepts connections at the address right now (fails fast)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -188,7 +181,7 @@ class ShimClient:
         # answer given while this changed may be stale (see ctrpy.manager.tasks.known).
         self.changes = 0
         # Dials at the first call; after a lost connection the next call dials again.
-        self._ttrpc = ttrpc.Client(socket_path(address))
+        self._ttrpc = ttrpc.Client(address)
 
     @classmethod
     async def connect(

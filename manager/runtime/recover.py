@@ -22,9 +22,10 @@ import structlog
 from ctrpy.errors import CtrpyError, NotFound, Unavailable
 from ctrpy.shim.config import task_attach_socket
 from ctrpy.shim.files import ExitInfo
+from ctrpy.ttrpc import socket_path
 
 from .bundle import Bundle, bundles
-from .client import DEFAULT_TIMEOUTS, ProcessState, ShimClient, ShimTimeouts, socket_answers, socket_path
+from .client import DEFAULT_TIMEOUTS, ProcessState, ShimClient, ShimTimeouts, socket_answers
 from .launcher import run_shim_delete
 from .legacyshim import speaks_grpc
 

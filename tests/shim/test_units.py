@@ -17,10 +17,10 @@ from ctrpy.manager.runtime.launcher import error_from_message
 from ctrpy.mount import Mount, mounted
 from ctrpy.shim import files
 from ctrpy.shim.config import MAX_SOCKET_PATH, ShimConfig
-from ctrpy.shim.events import socket_path
 from ctrpy.shim.metrics import to_metrics
 from ctrpy.shim.process import clamp_oom_score_adj, has_own_pid_namespace
 from ctrpy.shim.states import State, check, transition
+from ctrpy.ttrpc import socket_path
 
 
 def test_state_table() -> None:

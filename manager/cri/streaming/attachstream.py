@@ -27,9 +27,9 @@ from ctrpy.api.k8s.cri.runtime.v1 import api_pb2 as api
 from ctrpy.errors import CtrpyError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from ctrpy.shim import attachproto
 from ctrpy.shim.attachproto import END, HELLO, STDERR, STDIN, STDIN_EOF, STDOUT
+from ctrpy.ttrpc import socket_path
 
 from ...runtime import ShimClient
-from ...runtime.client import socket_path
 from ...tasks.manager import TaskManager
 from ..container_service import state_of
 from ..container_store import RUNNING, ContainerRecord
