@@ -16,7 +16,7 @@ import functools
 import os
 import signal
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,23 @@ def _claim_socket(address: Path) -> None:
         probe.close()
 
 
+@contextlib.contextmanager
+def _owner_only() -> Iterator[None]:
+    """Sockets bound inside the block are created owner-only: nobody else can connect before
+    :func:`_open_to` gives them their owner and mode."""
+    old_umask = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old_umask)
+
+
+def _open_to(path: Path, owner: tuple[int, int], mode: int) -> None:
+    """Give a socket made by :func:`_owner_only` its owner and mode (``[grpc]``'s)."""
+    os.chown(path, *owner)
+    os.chmod(path, mode)
+
+
 async def _serve_ttrpc(config: Config, exchange: Exchange, stack: contextlib.AsyncExitStack) -> None:
     """Serve the shims' ttrpc socket, containerd's convention: ``[ttrpc] address`` (by default
     the gRPC socket's path + ".ttrpc"), made like the gRPC socket (a stale file replaced, a live
@@ -150,15 +167,11 @@ async def _serve_ttrpc(config: Config, exchange: Exchange, stack: contextlib.Asy
     _claim_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        old_umask = os.umask(0o177)
-        try:
+        with _owner_only():
             sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
         stack.callback(path.unlink, missing_ok=True)
         sock.listen(socket.SOMAXCONN)
-        os.chown(path, *config.ttrpc_owner)
-        os.chmod(path, config.socket_mode)
+        _open_to(path, config.ttrpc_owner, config.socket_mode)
         await server.start(sock)  # the server owns the socket from here
     except BaseException:
         sock.close()
@@ -372,15 +385,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         await gc_scheduler.startup_collection()
         _claim_socket(config.address)
         await _serve_ttrpc(config, exchange, stack)
-        old_umask = os.umask(0o177)  # the socket is created owner-only, then opened to the group
-        try:
+        with _owner_only():  # the socket is created owner-only, then opened to the group
             server.add_insecure_port(f"unix:{config.address}")
             await server.start()
-        finally:
-            os.umask(old_umask)
         stack.callback(config.address.unlink, missing_ok=True)
-        os.chown(config.address, config.socket_uid, config.socket_gid)
-        os.chmod(config.address, config.socket_mode)
+        _open_to(config.address, (config.socket_uid, config.socket_gid), config.socket_mode)
         for name in services.names:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
