@@ -272,16 +272,15 @@ class Database:
         On a full disk (SQLITE_FULL, or the WAL that cannot grow) it rolls back and raises
         ResourceExhausted; the database stays usable, and serves reads meanwhile.
         """
-        if sync or not _deferred.get():
-            with diskspace.guard("writing the metadata database", self.path), _immediate(self.conn) as conn:
-                yield conn
-            return
-        self.conn.execute("PRAGMA synchronous = NORMAL")
+        deferred = not sync and _deferred.get()
+        if deferred:
+            self.conn.execute("PRAGMA synchronous = NORMAL")
         try:
             with diskspace.guard("writing the metadata database", self.path), _immediate(self.conn) as conn:
                 yield conn
         finally:
-            self.conn.execute("PRAGMA synchronous = FULL")
+            if deferred:
+                self.conn.execute("PRAGMA synchronous = FULL")
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the database thread, in the caller's context (namespace included)."""
