@@ -66,12 +66,14 @@ def test_a_failed_write_leaves_the_connection_at_full(db: Database) -> None:
     asyncio.run(main())
 
 
-def test_reserving_backend_numbers_is_fsynced_even_inside_the_block(db: Database, tmp_path: Path) -> None:
+def test_reserving_backend_numbers_is_fsynced_even_inside_the_block(
+    meta_and_native: tuple[Database, NativeSnapshotter],
+) -> None:
     """A number handed out must stay used after a power cut, so its reservation is no
     deferred write; the snapshot's own row is."""
+    db, backend = meta_and_native
     statements: list[str] = []
     db.call(lambda: db.conn.set_trace_callback(statements.append))
-    backend = NativeSnapshotter(tmp_path / "native")
     try:
         async def main() -> None:
             with deferred_sync():
@@ -80,7 +82,6 @@ def test_reserving_backend_numbers_is_fsynced_even_inside_the_block(db: Database
         with namespaces.using("ns"):
             asyncio.run(main())
     finally:
-        backend.close()
         db.call(lambda: db.conn.set_trace_callback(None))
 
     def level_before(index: int) -> str:

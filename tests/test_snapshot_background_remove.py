@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,17 +76,6 @@ class Recorder:
         return self._record(level)
 
 
-@pytest.fixture
-def parts(tmp_path: Path) -> Iterator[tuple[Database, NativeSnapshotter]]:
-    db = Database(tmp_path / "meta.db")
-    backend = NativeSnapshotter(tmp_path / "native")
-    try:
-        yield db, backend
-    finally:
-        backend.close()
-        db.close()
-
-
 def _dirs(backend: NativeSnapshotter) -> list[str]:
     return sorted(p.name for p in (backend.root / "snapshots").iterdir())
 
@@ -102,10 +89,10 @@ async def _layers(store: SnapshotStore) -> None:
     await store.prepare("work", "layer")
 
 
-def test_directories_go_after_remove_children_first(parts: tuple[Database, NativeSnapshotter]) -> None:
+def test_directories_go_after_remove_children_first(meta_and_native: tuple[Database, NativeSnapshotter]) -> None:
     """Child, then its parent, then the grandparent, each right after the other: no error, and
     the backend ends empty with nothing left for cleanup()."""
-    db, backend = parts
+    db, backend = meta_and_native
     store = SnapshotStore(db, "native", backend)
 
     async def work() -> int:
@@ -128,10 +115,10 @@ def test_directories_go_after_remove_children_first(parts: tuple[Database, Nativ
     assert _dirs(backend) == []
 
 
-def test_cleanup_at_once_after_remove(parts: tuple[Database, NativeSnapshotter]) -> None:
+def test_cleanup_at_once_after_remove(meta_and_native: tuple[Database, NativeSnapshotter]) -> None:
     """A collection's cleanup right after (or together with) a Remove: no error, and every
     backend snapshot goes exactly once."""
-    db, backend = parts
+    db, backend = meta_and_native
     store = SnapshotStore(db, "native", backend)
     recorder = Recorder()
 
@@ -151,10 +138,10 @@ def test_cleanup_at_once_after_remove(parts: tuple[Database, NativeSnapshotter])
     assert [e for e in recorder.events if e[0] in ("warning", "error")] == []
 
 
-def test_cleanup_waits_for_queued_removals(parts: tuple[Database, NativeSnapshotter]) -> None:
+def test_cleanup_waits_for_queued_removals(meta_and_native: tuple[Database, NativeSnapshotter]) -> None:
     """A collection that swept a parent's row while its child's directory is still being
     removed: cleanup() waits for that removal, then takes the parent too, without a warning."""
-    db, native = parts
+    db, native = meta_and_native
     backend = BlockingRemovals(native)
     store = SnapshotStore(db, "native", backend)  # type: ignore[arg-type]
     recorder = Recorder()
@@ -179,8 +166,8 @@ def test_cleanup_waits_for_queued_removals(parts: tuple[Database, NativeSnapshot
     assert [e for e in recorder.events if e[0] in ("warning", "error")] == []
 
 
-def test_failed_backend_removal_is_logged_and_left_for_cleanup(parts: tuple[Database, NativeSnapshotter]) -> None:
-    db, native = parts
+def test_failed_backend_removal_is_logged_and_left_for_cleanup(meta_and_native: tuple[Database, NativeSnapshotter]) -> None:
+    db, native = meta_and_native
     backend = FailingRemovals(native)
     store = SnapshotStore(db, "native", backend)  # type: ignore[arg-type]
     recorder = Recorder()

@@ -5,27 +5,12 @@ database), and a commit's backend name takes one the same way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from ctrpy import namespaces
 from ctrpy.manager.metadata.db import Database
 from ctrpy.manager.metadata.snapshot_tables import NUMBERS_AT_ONCE
 from ctrpy.manager.metadata.snapshots import SnapshotStore
 from ctrpy.snapshotter.native import NativeSnapshotter
-
-
-@pytest.fixture
-def parts(tmp_path: Path) -> Iterator[tuple[Database, NativeSnapshotter]]:
-    db = Database(tmp_path / "meta.db")
-    backend = NativeSnapshotter(tmp_path / "native")
-    try:
-        yield db, backend
-    finally:
-        backend.close()
-        db.close()
 
 
 def _numbers(backend: NativeSnapshotter) -> dict[str, int]:
@@ -36,8 +21,8 @@ def _last(db: Database) -> int:
     return int(db.call(lambda: db.conn.execute("SELECT last FROM snapshot_sequences").fetchone()[0]))
 
 
-def test_numbers_come_from_reserved_blocks(parts: tuple[Database, NativeSnapshotter]) -> None:
-    db, backend = parts
+def test_numbers_come_from_reserved_blocks(meta_and_native: tuple[Database, NativeSnapshotter]) -> None:
+    db, backend = meta_and_native
 
     async def first() -> None:
         store = SnapshotStore(db, "native", backend)
@@ -59,8 +44,8 @@ def test_numbers_come_from_reserved_blocks(parts: tuple[Database, NativeSnapshot
     assert _last(db) == 2 * NUMBERS_AT_ONCE
 
 
-def test_a_prepare_within_a_block_writes_nothing_before_its_row(parts: tuple[Database, NativeSnapshotter]) -> None:
-    db, backend = parts
+def test_a_prepare_within_a_block_writes_nothing_before_its_row(meta_and_native: tuple[Database, NativeSnapshotter]) -> None:
+    db, backend = meta_and_native
     store = SnapshotStore(db, "native", backend)
 
     async def work() -> tuple[int, int]:
