@@ -41,7 +41,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -76,6 +76,7 @@ from ..tasks.manager import TaskManager
 from . import containerspec, userns
 from .container_store import CREATED, CREATING, EXITED, RUNNING, ContainerRecord, ContainerStore
 from .creations import UNCLAIMED_TTL, Creations
+from .metadataext import metadata_extension
 from .sandbox_store import READY, SandboxRecord
 from .sandboxes import NAMESPACE, Sandboxes
 from .steptimes import StepTimes
@@ -317,8 +318,9 @@ class Containers:
 
     async def _make(self, record: ContainerRecord, config: api.ContainerConfig, sandbox: SandboxRecord,
                     pod: api.PodSandboxConfig, image: CriImage, times: StepTimes) -> ContainerRecord:
-        """The container record first (it keeps the snapshot from the garbage collector, as
-        the sandbox layer does), then the snapshot, then the spec, which needs the rootfs.
+        """The container record and the snapshot side by side (the record, committed first,
+        keeps the snapshot from the garbage collector, as the sandbox layer does), then the
+        spec, which needs the rootfs.
 
         Our ``creating`` record (the intent) is written beside the container record: a crash
         that leaves the container record without it is swept at start-up (:meth:`recover`),
@@ -330,30 +332,34 @@ class Containers:
         labels.update({k: v for k, v in config.labels.items() if v})
         labels[KIND_LABEL] = KIND_CONTAINER
         metadata = {"ID": record.id, "Name": record.name, "SandboxID": record.sandbox_id,
-                    "ImageRef": record.image_id, "LogPath": record.log_path, "StopSignal": record.stop_signal,
-                    "Config": json.loads(_message_json(config))}
+                    "ImageRef": record.image_id, "LogPath": record.log_path, "StopSignal": record.stop_signal}
         container = Container(
             id=record.id, labels=MappingProxyType(labels), image=record.image, runtime=Runtime(name=runtime),
             spec=AnyValue(SPEC_URL, PLACEHOLDER_SPEC), snapshotter=record.snapshotter, snapshot_key=record.id,
-            extensions=MappingProxyType({METADATA_EXTENSION: AnyValue(METADATA_URL, json.dumps(metadata).encode())}),
+            extensions=MappingProxyType({METADATA_EXTENSION: metadata_extension(METADATA_URL, metadata, config)}),
         )  # fmt: skip
         times.mark("labels")
+        store = self.snapshot_store(record)
+        pod_userns = userns.pod_userns(pod.linux.security_context.namespace_options)
         # The container record and the snapshot's row skip their fsync: the spec's commit
         # below is fsynced before the call answers, and makes them durable with it.
+        # The three go side by side. The container record is handed to the database thread
+        # (one thread, first come first served) before the snapshot's first lookup, so it is
+        # committed before the snapshot's row: the collector never sees the snapshot without
+        # the container that holds it, and the snapshot's directories are made meanwhile.
         with deferred_sync():
-            written, made = await asyncio.gather(asyncio.to_thread(self.store.put, record, durable=False),
-                                                 self.db.run(self.meta.create, container), return_exceptions=True)
-            if isinstance(written, BaseException):
-                raise written
-            if isinstance(made, BaseException):
-                raise made
-            created = made
-            times.mark("intent_and_container")
-            store = self.snapshot_store(record)
-            pod_userns = userns.pod_userns(pod.linux.security_context.namespace_options)
-            mounts, _ = await userns.prepare_rootfs(store, self.db, image.facts.chain_id, pod_userns, record.id,
-                                                    os.path.join(self.state, "cri", "mnt"))
-        times.mark("snapshot")
+            outcome = await asyncio.gather(
+                asyncio.to_thread(self.store.put, record, durable=False),
+                self.db.run(self.meta.create, container),
+                userns.prepare_rootfs(store, self.db, image.facts.chain_id, pod_userns, record.id,
+                                      os.path.join(self.state, "cri", "mnt")),
+                return_exceptions=True)
+        for result in outcome:
+            if isinstance(result, BaseException):
+                raise result  # each is undone by the caller's teardown, whichever were made
+        created = cast(Container, outcome[1])
+        mounts = cast(tuple[list[Mount], str], outcome[2])[0]
+        times.mark("intent_container_snapshot")
         failpoints.hit(failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT)
         await failpoints.stall(failpoints.CRI_CONTAINER_CREATE_AFTER_SNAPSHOT)
         box = self.sandbox_info(sandbox, pod)
@@ -848,8 +854,3 @@ def oci_resources(resources: api.LinuxContainerResources) -> dict[str, Any]:
         out["unified"] = dict(resources.unified)
     return out
 
-
-def _message_json(message: Any) -> str:
-    from google.protobuf import json_format
-
-    return json_format.MessageToJson(message, indent=None)

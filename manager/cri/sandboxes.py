@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import secrets
 import shutil
@@ -64,6 +63,7 @@ from . import podspec
 from . import userns as userns_mod
 from .cni import CNI, DnsConfig, PodNetwork, PodRequest, PortMapping
 from .creations import UNCLAIMED_TTL
+from .metadataext import metadata_extension
 from .sandbox_store import CREATING, READY, STOPPED, SandboxRecord, SandboxStore
 from .steptimes import StepTimes
 
@@ -469,8 +469,7 @@ class Sandboxes:
         labels = {k: v for k, v in config.labels.items() if v}
         labels[KIND_LABEL] = KIND_SANDBOX
         metadata = {"ID": record.id, "Name": record.name, "NetNSPath": record.netns,
-                    "RuntimeHandler": record.runtime_handler,
-                    "Config": json.loads(_message_json(config))}
+                    "RuntimeHandler": record.runtime_handler}
         return Container(
             id=record.id,
             labels=MappingProxyType(labels),
@@ -479,7 +478,7 @@ class Sandboxes:
             spec=AnyValue(SPEC_URL, spec_json(spec)),
             snapshotter=record.snapshotter,
             snapshot_key=record.id,
-            extensions=MappingProxyType({METADATA_EXTENSION: AnyValue(METADATA_URL, json.dumps(metadata).encode())}),
+            extensions=MappingProxyType({METADATA_EXTENSION: metadata_extension(METADATA_URL, metadata, config)}),
         )
 
     # -- stop and remove ----------------------------------------------------------------------
@@ -655,11 +654,6 @@ def _sysctls_need_interfaces(config: api.PodSandboxConfig) -> bool:
             return True
     return False
 
-
-def _message_json(message: Any) -> str:
-    from google.protobuf import json_format
-
-    return json_format.MessageToJson(message, preserving_proto_field_name=False, indent=None)
 
 
 def _write_files(directory: str, config: api.PodSandboxConfig, shm: str) -> None:
