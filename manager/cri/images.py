@@ -17,8 +17,12 @@ shows up here and the reverse. What it writes, and so what this module writes:
 - a reference given by a user is resolved as containerd does: a digest or a (unique prefix of
   an) id first, else the Docker-normalised name (``busybox`` -> ``docker.io/library/busybox:latest``).
 
-Nothing here is cached but what cannot change: the facts read from an image's content (config
-digest, size, USER), keyed by the digest of the record's target.
+Two things are cached. The facts read from an image's content (config digest, size, USER),
+keyed by the digest of the record's target, cannot change. The list of a namespace's images
+(every CreateContainer resolves its image in it) is kept until an image or content event of
+that namespace: every write to the image records publishes one after its commit, whoever makes
+it. A list in which some record's content could not be read is not kept, since a content
+commit publishes nothing and the image may become whole.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ctrpy.manager.transfer.pull import PullRequest, UnpackTarget
 from ctrpy.records import Descriptor as RecordDescriptor
 from ctrpy.records import Image, freeze
 
+from ..events import Envelope
 from .deps import ImageBackends
 
 log = structlog.get_logger(__name__)
@@ -122,11 +127,25 @@ class CriImages:
         self.settings = backends.settings
         self._facts: dict[str, ImageFacts] = {}  # target digest -> facts
         self._matcher = platforms.default()
+        self._listed: dict[str, list[CriImage]] = {}  # namespace -> its images (see the docstring)
+        self._changes: dict[str, int] = {}  # namespace -> image and content events seen
+        self.events.observers.append(self._observe)
+
+    def _observe(self, envelope: Envelope) -> None:
+        if envelope.topic.startswith(("/images/", "/content/")):
+            self._listed.pop(envelope.namespace, None)
+            self._changes[envelope.namespace] = self._changes.get(envelope.namespace, 0) + 1
 
     # -- reading ----------------------------------------------------------------------------
 
     async def list(self) -> list[CriImage]:
         """Every image of the namespace, by id (records whose content is missing are skipped)."""
+        namespace = namespaces.require()
+        listed = self._listed.get(namespace)
+        if listed is not None:
+            return list(listed)
+        changes = self._changes.get(namespace, 0)
+        whole = True
         records = await self.db.run(self.images.list)
         by_id: dict[str, tuple[ImageFacts, list[str], bool]] = {}
         targets: set[str] = set()
@@ -136,6 +155,7 @@ class CriImages:
                 facts = await self.facts(record.target)
             except (NotFound, InvalidArgument) as error:
                 log.debug("image skipped by the CRI", image=record.name, error=str(error))
+                whole = False
                 continue
             entry = by_id.setdefault(facts.id, (facts, [], False))
             entry[1].append(record.name)
@@ -143,7 +163,10 @@ class CriImages:
                 by_id[facts.id] = (entry[0], entry[1], True)
         for stale in set(self._facts) - targets:
             del self._facts[stale]
-        return [CriImage(facts, tuple(sorted(refs)), pinned) for facts, refs, pinned in by_id.values()]
+        listed = [CriImage(facts, tuple(sorted(refs)), pinned) for facts, refs, pinned in by_id.values()]
+        if whole and changes == self._changes.get(namespace, 0):  # nothing moved while it was read
+            self._listed[namespace] = listed
+        return list(listed)
 
     async def resolve(self, ref_or_id: str) -> CriImage:
         """The image ``ref_or_id`` names, looked up as containerd's localResolve does: a full id

@@ -192,3 +192,20 @@ def test_pull_through_the_hosts_directory_keeps_the_name(cri: CriClient, cri_ima
         assert list(image.repo_digests) == [f"{MIRRORED}/library/busybox@{cri_images.busybox.manifest_digest}"]
     finally:
         cri.remove_image(image_id)
+
+
+def test_images_listed_again_see_what_ctr_tags_and_removes(
+        cri: CriClient, cri_daemon: CriDaemon, busybox: str) -> None:
+    """The CRI keeps its list of images until an image event: a tag made and removed with the
+    stock ctr between two ListImages shows in the second (ctrpy.manager.cri.images)."""
+    (image,) = _by_id(cri, busybox)  # lists, and so fills the kept list
+    source = image.repo_tags[0]
+    extra = "docker.io/library/retagged:2"
+    tagged = cri_daemon.daemon.ctr("images", "tag", source, extra, namespace="k8s.io")
+    assert tagged.returncode == 0, tagged.stderr
+    assert extra in _by_id(cri, busybox)[0].repo_tags
+    assert cri.image_status("retagged:2")[0] is not None
+    removed = cri_daemon.daemon.ctr("images", "rm", extra, namespace="k8s.io")
+    assert removed.returncode == 0, removed.stderr
+    assert extra not in _by_id(cri, busybox)[0].repo_tags
+    assert cri.image_status("retagged:2")[0] is None
