@@ -42,6 +42,13 @@ class Client:
         self.path = socket_path(address)
         self._connection: _Connection | None = None
         self._dialling: asyncio.Lock | None = None
+        self._users = 1  # see share()
+
+    def share(self) -> Client:
+        """This client for one more user, who closes it as its own: the connection is closed
+        when the last user closes (the tasks of a pod's shim share one)."""
+        self._users += 1
+        return self
 
     async def call(
         self,
@@ -103,7 +110,11 @@ class Client:
             return connection
 
     async def close(self) -> None:
-        """Close the connection; calls in flight fail with Unavailable. A later call dials again."""
+        """Close the connection once every user closed (see :meth:`share`); calls in flight then
+        fail with Unavailable. A later call dials again."""
+        if self._users > 1:
+            self._users -= 1
+            return
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()

@@ -77,6 +77,11 @@ class Server:
         """The calls being answered right now."""
         return sum(len(c.running) for c in self._connections)
 
+    @property
+    def connections(self) -> int:
+        """The clients' connections open right now."""
+        return len(self._connections)
+
     async def shutdown(self, grace: float = 0.0) -> None:
         """Stop accepting; give running calls up to ``grace`` seconds, cancel the rest; close
         every connection once what was answered is written."""

@@ -167,9 +167,12 @@ class ShimClient:
         shim_pid: int = 0,
         timeouts: ShimTimeouts = DEFAULT_TIMEOUTS,
         attach_socket: str = "",
+        connection: ttrpc.Client | None = None,
     ) -> None:
         """``attach_socket``: where the task serves attach clients, when it is not next to the
-        shim's socket (a task added to its pod's shim has its own; see ctrpy.shim.tasks)."""
+        shim's socket (a task added to its pod's shim has its own; see ctrpy.shim.tasks).
+        ``connection``: a ttrpc client to the same shim to share (:meth:`ttrpc.Client.share`),
+        for a task added to its pod's shim."""
         self.address = address
         self.id = container_id
         self.namespace = namespace
@@ -181,7 +184,7 @@ class ShimClient:
         # answer given while this changed may be stale (see ctrpy.manager.tasks.known).
         self.changes = 0
         # Dials at the first call; after a lost connection the next call dials again.
-        self._ttrpc = ttrpc.Client(address)
+        self._ttrpc = connection.share() if connection is not None else ttrpc.Client(address)
 
     @classmethod
     async def connect(
@@ -208,8 +211,13 @@ class ShimClient:
         return client
 
     async def close(self) -> None:
-        """Close the connection (the shim keeps running)."""
+        """Close the connection, or let go of it when shared (the shim keeps running)."""
         await self._ttrpc.close()
+
+    def join(self, container_id: str, attach_socket: str) -> ShimClient:
+        """A client for task ``container_id`` added to this client's shim, on its connection."""
+        return ShimClient(self.address, container_id, namespace=self.namespace, shim_pid=self.shim_pid,
+                          timeouts=self.timeouts, attach_socket=attach_socket, connection=self._ttrpc)
 
     async def __aenter__(self) -> ShimClient:
         return self

@@ -223,13 +223,11 @@ class ShimLauncher:
             shim_pid=bundle.shim_pid() or 0, timeouts=self.timeouts,
         )  # fmt: skip
 
-    def join_shim(self, bundle: Bundle, address: str, shim_pid: int) -> ShimClient:
-        """A client for ``bundle``'s task in the running shim at ``address`` (its pod's): the
-        shim adds the task at Create and writes its own address and pid into the bundle."""
-        return ShimClient(
-            address, bundle.id, namespace=bundle.namespace, shim_pid=shim_pid, timeouts=self.timeouts,
-            attach_socket=task_attach_socket(str(self.state_dir), bundle.namespace, bundle.id),
-        )  # fmt: skip
+    def join_shim(self, bundle: Bundle, sibling: ShimClient) -> ShimClient:
+        """A client for ``bundle``'s task in the running shim of ``sibling`` (its pod's), on
+        the sibling's connection: the shim adds the task at Create and writes its own address
+        and pid into the bundle."""
+        return sibling.join(bundle.id, task_attach_socket(str(self.state_dir), bundle.namespace, bundle.id))
 
     async def _fork_from_template(self, config: ShimConfig) -> dict[str, Any] | None:
         """The template's reply, or None when there is no usable template."""

@@ -235,8 +235,8 @@ class TaskManager:
             client: ShimClient | None = None
             pid = 0
             try:
-                if host := self._pod_shim(namespace, pod, binary):
-                    client = self.launcher.join_shim(bundle, *host)
+                if sibling := self._pod_shim(namespace, pod, binary):
+                    client = self.launcher.join_shim(bundle, sibling)
                     try:
                         pid = await client.create(bundle.path, list(rootfs), stdio, raw_options)
                     except Unavailable:  # the pod's shim is exiting or gone: one of its own, then
@@ -259,15 +259,15 @@ class TaskManager:
         finally:
             self._creating.discard(key)
 
-    def _pod_shim(self, namespace: str, pod: str, binary: str) -> tuple[str, int] | None:
-        """The address and pid of a live shim serving a task of ``pod`` with the same runtime
-        binary (the sandbox's first), or None: the task then gets a shim of its own."""
+    def _pod_shim(self, namespace: str, pod: str, binary: str) -> ShimClient | None:
+        """The client of a live shim serving a task of ``pod`` with the same runtime binary
+        (the sandbox's first), or None: the task then gets a shim of its own."""
         if not pod:
             return None
-        found = [(t.id != pod, t.client.address, t.client.shim_pid) for t in self._tasks.values()
+        found = [(t.id != pod, t.id, t.client) for t in self._tasks.values()
                  if t.namespace == namespace and t.pod == pod and t.client is not None
                  and t.pidfd is not None and t.client.shim_pid and t.runtime_binary == binary]
-        return min(found)[1:] if found else None
+        return min(found, key=lambda item: item[:2])[2] if found else None
 
     async def _discard(self, bundle: Bundle, client: ShimClient | None) -> None:
         """Undo a failed create: stop the shim (or, in a pod's shim, drop the task from it), clean

@@ -169,6 +169,25 @@ def test_a_lost_connection_fails_the_calls_in_flight_and_the_next_call_dials_aga
     asyncio.run(main())
 
 
+def test_a_shared_client_keeps_its_connection_until_its_last_user_closes(sock_path: str) -> None:
+    """The tasks of a pod's shim share one connection: one closing leaves the others' calls,
+    in flight or later, on it."""
+    async def main() -> None:
+        probe, server, first, held = await holding(sock_path)
+        second = first.share()
+        await first.close()  # one user gone: the held call and the connection stay
+        assert (await second.call(SERVICE, "State", pb.StateRequest(id="s"), pb.StateResponse)).id == "s"
+        probe.release.set()
+        assert (await held).id == "released"
+        assert server.connections == 1
+        await second.close()  # the last user: the connection goes
+        while server.connections:
+            await asyncio.sleep(0.01)
+        await server.shutdown()
+
+    asyncio.run(main())
+
+
 def test_the_client_stops_the_server_on_its_own_side_when_it_goes_away(sock_path: str) -> None:
     async def main() -> None:
         probe, server, client, held = await holding(sock_path)
