@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 from google.protobuf import timestamp_pb2
@@ -86,8 +87,9 @@ class Task:
     state_at: tuple[int, int] = (-1, -1)
 
 
-def _spec_bytes(container: Container) -> bytes:
-    """The container's OCI spec, checked enough that runc is not handed nonsense."""
+def _checked_spec(container: Container) -> tuple[bytes, dict[str, Any]]:
+    """The container's OCI spec, as stored and parsed, checked enough that runc is not handed
+    nonsense."""
     if container.spec is None:
         raise InvalidArgument(f'container "{container.id}" has no spec')
     try:
@@ -106,7 +108,7 @@ def _spec_bytes(container: Container) -> bytes:
     from ctrpy.oci.mounts import check_mounts
 
     check_mounts(container.id, spec.get("mounts"))
-    return container.spec.value
+    return container.spec.value, spec
 
 
 class TaskNotFound(NotFound):
@@ -220,7 +222,7 @@ class TaskManager:
             raise AlreadyExists(f"task {container.id}")
         self._creating.add(key)
         try:
-            spec = _spec_bytes(container)
+            spec, parsed = _checked_spec(container)
             raw_options = None
             chosen = options or container.runtime.options
             if chosen is not None:
@@ -228,7 +230,7 @@ class TaskManager:
             binary = self.runtime_binary(container, raw_options)
             timelines.begin(namespace, container.id, container.snapshot_key, container.image)  # see ..timeline
             began = time.monotonic_ns()
-            pod = _pod_of(spec) if self.shim_per_pod and container.labels.get(CRI_KIND_LABEL) in POD_KINDS else ""
+            pod = _pod_of(parsed) if self.shim_per_pod and container.labels.get(CRI_KIND_LABEL) in POD_KINDS else ""
             bundle = await asyncio.to_thread(Bundle.create, self.state_dir, namespace, container.id, spec)
             failpoints.hit(failpoints.TASKS_CREATE_AFTER_BUNDLE)
             timelines.add(namespace, container.id, [Step("bundle", began, time.monotonic_ns())])
@@ -531,9 +533,9 @@ class TaskManager:
         return list(self._tasks.values())
 
 
-def _pod_of(spec: bytes) -> str:
-    """The sandbox id of a CRI container's or sandbox's spec ("" for anything else)."""
-    annotations = json.loads(spec).get("annotations")
+def _pod_of(spec: Any) -> str:
+    """The sandbox id of a CRI container's or sandbox's parsed spec ("" for anything else)."""
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
     if not isinstance(annotations, dict) or annotations.get(CONTAINER_TYPE) not in POD_KINDS:
         return ""
     pod = annotations.get(SANDBOX_ID)
@@ -543,7 +545,7 @@ def _pod_of(spec: bytes) -> str:
 def _recorded_pod(bundle: Bundle) -> tuple[str, str]:
     """The pod and the runtime binary of a task found at start-up, from its bundle."""
     try:
-        pod = _pod_of((bundle.path / files.CONFIG).read_bytes())
+        pod = _pod_of(json.loads((bundle.path / files.CONFIG).read_bytes()))
     except (OSError, ValueError, AttributeError):
         pod = ""
     runtime = files.read_runtime(bundle.path)
