@@ -59,7 +59,7 @@ from ctrpy.snapshotter.types import Info, Kind, Usage
 
 from .db import Database
 from .rows import validate_label_sizes, validate_labels
-from .snapshot_tables import SnapshotRow, SnapshotTables
+from .snapshot_tables import Plan, SnapshotRow, SnapshotTables
 
 __all__ = ["NAMESPACE_OWNER", "SnapshotStore", "inherited_labels"]
 
@@ -167,6 +167,23 @@ class SnapshotStore:
 
         return bool(key) and exists(key), not parent or exists(parent)
 
+    def _plan(self, namespace: str, key: str, parent: str, labels: Mapping[str, str] | None, lease: str | None,
+              claimed: bool) -> tuple[Plan, dict[str, str]]:
+        """The checks of a create in containerd's order, then the backend key it takes and its
+        labels: one trip to the database thread. ``claimed``: a create of ``key`` is under way."""
+        taken, parent_found = self._lookup(namespace, key, parent)
+        if taken:
+            raise AlreadyExists(f'snapshot "{key}"')
+        if not parent_found:
+            raise NotFound(f"parent snapshot {parent} does not exist")
+        check_key(key)
+        if parent:
+            check_key(parent, "parent")
+        clean = _clean_labels({k: v for k, v in (labels or {}).items() if v})
+        if claimed:
+            raise AlreadyExists(f'snapshot "{key}"')
+        return self._tables.plan_create(namespace, key, parent, lease), clean
+
     # --- creating ------------------------------------------------------------------------
 
     async def prepare(
@@ -188,18 +205,8 @@ class SnapshotStore:
         validate_label_sizes(labels or {})
         lease = namespaces.current_lease.get()
         async with self._lock:  # (the lookups too: a Remove of the parent waits for them)
-            taken, parent_found = await self.db.run(self._lookup, namespace, key, parent)
-            if taken:
-                raise AlreadyExists(f'snapshot "{key}"')
-            if not parent_found:
-                raise NotFound(f"parent snapshot {parent} does not exist")
-            check_key(key)
-            if parent:
-                check_key(parent, "parent")
-            clean = _clean_labels({k: v for k, v in (labels or {}).items() if v})
-            if (namespace, key) in self._claimed:
-                raise AlreadyExists(f'snapshot "{key}"')
-            plan = await self.db.run(self._tables.plan_create, namespace, key, parent, lease)
+            claimed = (namespace, key) in self._claimed
+            plan, clean = await self.db.run(self._plan, namespace, key, parent, labels, lease, claimed)
             self._claimed.add((namespace, key))
             if parent:
                 self._parents[(namespace, parent)] += 1
