@@ -1,9 +1,10 @@
 """The template process: a pre-imported parent that forks shims on request.
 
 ctrpyd starts one ``ctrpy-shim template --socket PATH``. It imports everything a shim needs
-(the generated API, :mod:`ctrpy.ttrpc`, the shim's modules), freezes those objects out of the
-garbage collector so forked children keep sharing their pages, and then creates no server or
-connection and starts no thread: it only accepts connections on a unix socket.
+(the generated API, :mod:`ctrpy.ttrpc`, the shim's modules), rehearses a shim's first calls
+(:mod:`ctrpy.shim.rehearsal`), freezes those objects out of the garbage collector so forked
+children keep sharing their pages, and then creates no server or connection and starts no
+thread: it only accepts connections on a unix socket.
 
 Protocol, one request per connection: the client sends one JSON line, the
 :meth:`~ctrpy.shim.config.ShimConfig.to_dict` of the shim it wants; the template forks
@@ -27,6 +28,7 @@ import codecs
 import contextlib
 import gc
 import json
+import logging
 import os
 import select
 import signal
@@ -43,6 +45,7 @@ from ctrpy.ttrpc import wire
 from .config import ShimConfig
 from .daemon import configure_logging, fork_shim, set_process_name, write_reply
 from .events import pack
+from .rehearsal import rehearse
 from .server import claim_socket
 from .spare import SpareSlot
 
@@ -187,6 +190,10 @@ def run(socket_path: str, *, spare: bool = False) -> int:
     os.chmod(socket_path, 0o600)
     listener.listen(64)
     warm_up()
+    try:
+        rehearse(os.path.dirname(socket_path))
+    except Exception:  # a rehearsal only saves the shims memory: serve without it
+        logging.getLogger("ctrpy.shim").warning("shim rehearsal failed", exc_info=True)
     # Everything made so far is shared with the shims: keep the collector off those pages.
     gc.collect()
     fill_free_blocks()
