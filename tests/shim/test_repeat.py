@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -43,16 +44,32 @@ def shim_pids(state: Path) -> set[int]:
     return found
 
 
+async def settled_fds(quiet: float = 0.25, limit: float = 10.0) -> list[str]:
+    """This process's descriptors once they stop changing: a finished run's connections (to its
+    shim, from its shim's events) close a few loop turns after the run returns."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    seen, since = sorted(os.listdir("/proc/self/fd")), loop.time()
+    while loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        now = sorted(os.listdir("/proc/self/fd"))
+        if now != seen:
+            seen, since = now, loop.time()
+        elif loop.time() - since >= quiet:
+            break
+    return seen
+
+
 @aio
 async def test_twenty_runs_leave_nothing_behind(make_env: Callable[..., Env]) -> None:
     async with make_env() as env:
         shims_before = shim_pids(env.state)
         # One run first, so that lazily created ttrpc/asyncio descriptors exist before counting.
         assert await env.run_and_remove("warmup", ["true"]) == 0
-        fds_before = sorted(os.listdir("/proc/self/fd"))
+        fds_before = await settled_fds()
         for i in range(RUNS):
             assert await env.run_and_remove(f"run{i}", ["sh", "-c", f"echo {i}; exit {i % 3}"]) == i % 3
-        assert sorted(os.listdir("/proc/self/fd")) == fds_before
+        assert await settled_fds() == fds_before
         assert mountpoints_under(env.state) == []
         assert zombie_children() == []
         assert not any((env.state / "tasks" / NAMESPACE).iterdir())
