@@ -24,7 +24,6 @@ import grpc
 import structlog
 from google.protobuf import descriptor as pb_descriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from ctrpy import ttrpc
 from ctrpy.api.containerd.services.containers.v1 import containers_pb2
@@ -74,6 +73,7 @@ from .services.images import ImagesServicer
 from .services.introspection import IntrospectionServicer, Plugin
 from .services.leases import LeasesServicer
 from .services.namespaces import NamespacesServicer
+from .services.reflection import REFLECTION_SERVICE, LazyReflection
 from .services.snapshots import SnapshotsServicer
 from .services.streaming import StreamingServicer
 from .services.tasks import TasksServicer
@@ -373,11 +373,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         services.add("healthcheck", health_servicer, health_pb2_grpc.add_HealthServicer_to_server,
                      health_pb2.DESCRIPTOR.services_by_name["Health"], requires=())
         introspection.plugins = services.plugins
-        reflection.enable_server_reflection([*services.names, reflection.SERVICE_NAME], server)
+        server.add_generic_rpc_handlers([LazyReflection([*services.names, REFLECTION_SERVICE])])  # at first call
         if grpc_stats is not None:  # imported only then: prometheus-client stays out of other daemons
             from .metrics.service import serve_metrics
 
-            await serve_metrics(config, grpc_stats, [*services.names, reflection.SERVICE_NAME], task_manager, db,
+            await serve_metrics(config, grpc_stats, [*services.names, REFLECTION_SERVICE], task_manager, db,
                                 exchange, gc_scheduler, content.store.path / "blobs", snapshot_stores, stack)
 
         # Before anyone can make anything: the start-up collection, if not run yet, cannot

@@ -36,6 +36,7 @@ from ctrpy.errors import InvalidArgument
 
 from .. import failpoints
 from .compression import LayerStream, LayerTooLarge
+from .limits import NO_LIMITS, Limits
 from .rootpath import UnsafeEntry, clean_name, resolve, split_parent
 from .xattrs import PAX_PREFIX, applicable, read_applicable
 
@@ -56,22 +57,11 @@ _NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Bounds on one layer: uncompressed bytes, and tar entries (``None``: no bound)."""
-
-    max_uncompressed_bytes: int | None = None
-    max_entries: int | None = None
-
-
-@dataclass(frozen=True)
 class AppliedLayer:
     """What was applied: the diff id (``sha256:`` of the uncompressed tar) and its size."""
 
     digest: str
     size: int
-
-
-NO_LIMITS = Limits()
 
 
 class CorruptLayer(InvalidArgument):

@@ -14,15 +14,8 @@ from typing import BinaryIO, cast
 
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2 as api
 from ctrpy.api.containerd.services.diff.v1 import diff_pb2_grpc as api_grpc
-from ctrpy.manager.diff import (
-    NO_LIMITS,
-    OCI_LAYER,
-    OCI_LAYER_GZIP,
-    Limits,
-    apply_to_mounts,
-    diff_compression,
-    diff_mounts,
-)
+from ctrpy.manager import diff as layers  # its work is imported at the first call: see its __init__
+from ctrpy.manager.diff.limits import NO_LIMITS, Limits
 from ctrpy.manager.metadata.content import UNCOMPRESSED_LABEL, ContentInfo, NamespacedContent
 from ctrpy.mount import Mount
 from ctrpy.records import Descriptor
@@ -63,10 +56,10 @@ class DiffServicer(api_grpc.DiffServicer):
 
     def _apply(self, layer: Descriptor, mounts: Sequence[Mount]) -> Descriptor:
         with self.content.open_blob(layer.digest) as stream:
-            applied = apply_to_mounts(
+            applied = layers.apply_to_mounts(
                 stream, layer.media_type, mounts, tmp_root=self.tmp_root, limits=self.limits
             )
-        return Descriptor(OCI_LAYER, applied.digest, applied.size)
+        return Descriptor(layers.OCI_LAYER, applied.digest, applied.size)
 
     def _diff(
         self,
@@ -76,14 +69,14 @@ class DiffServicer(api_grpc.DiffServicer):
         ref: str,
         labels: Mapping[str, str],
     ) -> tuple[ContentInfo, str]:
-        compression = diff_compression(media_type)  # NotImplemented before any work
+        compression = layers.diff_compression(media_type)  # NotImplemented before any work
         sink = self.content.new_blob(ref)
         try:
-            diff_id, _ = diff_mounts(left, right, cast(BinaryIO, sink), compression, tmp_root=self.tmp_root)
+            diff_id, _ = layers.diff_mounts(left, right, cast(BinaryIO, sink), compression, tmp_root=self.tmp_root)
             if compression is not None:
                 # As containerd's walking differ: a compressed layer names its diff id.
                 labels = {**labels, UNCOMPRESSED_LABEL: diff_id}
             info = sink.commit(labels)
         finally:
             sink.close()
-        return info, media_type or OCI_LAYER_GZIP
+        return info, media_type or layers.OCI_LAYER_GZIP
