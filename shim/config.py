@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,6 +22,8 @@ def task_socket_path(state_root: str, namespace: str, task_id: str) -> str:
     """``<state_root>/s/<hash of state root, namespace and id>``: the socket of the shim started
     for the task, and (with :func:`ctrpy.shim.attachproto.socket_for`) the base of the task's
     attach socket, also when the task was added to another task's shim."""
+    import hashlib  # here: this module is imported by ctrpyd, which does without OpenSSL's libcrypto when idle
+
     digest = hashlib.sha256(f"{state_root}\0{namespace}\0{task_id}".encode()).hexdigest()
     return os.path.join(state_root, SOCKET_DIR, digest[:24])
 

@@ -8,7 +8,6 @@ before it can become part of a path.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import BinaryIO, Protocol
 
@@ -64,6 +63,10 @@ def new_hasher(algorithm: str = CANONICAL) -> Hasher:
     """A fresh hash object for ``algorithm`` (one of :data:`ALGORITHMS`)."""
     if algorithm not in ALGORITHMS:
         raise InvalidArgument(f'unsupported digest algorithm "{algorithm}"')
+    # Imported here, at the first hash: hashlib loads OpenSSL's libcrypto, about 3.5 MiB of
+    # resident memory in a daemon that has not yet been given any content.
+    import hashlib
+
     return hashlib.new(algorithm)
 
 
@@ -88,4 +91,5 @@ def feed(hasher: Hasher, stream: BinaryIO, chunk_size: int = CHUNK_SIZE) -> int:
     return count
 
 
-EMPTY = from_bytes(b"")
+# from_bytes(b""), written out so that importing this module does not load hashlib.
+EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import shutil
 import threading
 import time
@@ -152,7 +151,9 @@ def create(root: Path, ref: str, total: int, expected: str) -> State:
     Raises Unavailable if the directory appeared meanwhile (another process writing the ref).
     """
     now = time.time_ns()
-    tmp = Path(root / f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+    # os.urandom(8).hex() is secrets.token_hex(8); `secrets` imports hmac and with it OpenSSL's
+    # libcrypto (3.5 MiB resident), which an idle daemon otherwise does without.
+    tmp = Path(root / f"{TEMP_PREFIX}{os.urandom(8).hex()}")
     with _inflight_lock:
         _inflight.add(str(tmp))
     try:
@@ -188,7 +189,7 @@ def write_meta(path: Path, name: str, text: str) -> None:
 def remove(path: Path) -> None:
     """Delete an ingest directory: rename it aside first, so that a crash half-way through
     leaves a temporary directory, never a half-deleted ingest. FileNotFoundError if absent."""
-    trash = path.parent / f"{TRASH_PREFIX}{secrets.token_hex(8)}"
+    trash = path.parent / f"{TRASH_PREFIX}{os.urandom(8).hex()}"
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
