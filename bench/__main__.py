@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.only or list(CASES):
                 progress(f"{name} ...")
                 measurements += CASES[name](d, settings)
+            measurements += cases_throughput.idle_after(d)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -138,3 +138,16 @@ def idle(d: Daemons) -> list[Measurement]:
         found.append(Measurement(CASE_MEMORY, "ctrpyd's shim template idle RSS (not counted above)", "MiB",
                                  ctrpyd=[d.idle["template"].get("Rss", 0) / MIB]))
     return found
+
+
+def idle_after(d: Daemons) -> list[Measurement]:
+    """The daemons' RSS once the cases are done and they idle again: what the fresh figure
+    leaves out (what the cases made each load: ctrpyd imports some libraries at first use,
+    OpenSSL's libcrypto at the first digest among them)."""
+    time.sleep(SETTLE)
+    rss = Measurement(CASE_MEMORY, "daemon idle RSS after the cases", "MiB")
+    for which in ("containerd", "ctrpyd"):
+        rss_kb = smaps(d.pid(which)).get("Rss")
+        if rss_kb:
+            getattr(rss, which).append(rss_kb / MIB)
+    return [rss]
