@@ -285,7 +285,9 @@ def _namespaces(spec: Spec, config: api.ContainerConfig, sandbox: SandboxInfo, t
         if not options.target_id or target_pid is None or target_pid <= 0:
             raise FailedPrecondition(f"target container {options.target_id!r} of the pid namespace is not running")
         wanted["pid"] = f"/proc/{target_pid}/ns/pid"
-    order = ("user", "pid", "network", "ipc", "uts", "mount", "cgroup")
+    # The default spec's order (pid, ipc, uts, mount, network), as containerd's CRI keeps it;
+    # the pod's user namespace first (the one to join first), the cgroup one appended.
+    order = ("user", "pid", "ipc", "uts", "mount", "network", "cgroup")
     namespaces = []
     for kind in order:
         if kind not in wanted:
@@ -404,8 +406,9 @@ def container_spec(
         raise InvalidArgument("no privileged container allowed in sandbox")
     security.check_apparmor(context)
 
+    # The device cgroup keeps the default spec's deny-all rule alone, as containerd's CRI
+    # leaves it: runc allows the standard devices (null, zero, tty, ptmx...) itself.
     spec = defaults.default_spec(namespace, container_id)
-    defaults.add_default_devices(spec)
     spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/run"]
     process = defaults.process(spec)
     process.pop("rlimits", None)

@@ -1,6 +1,8 @@
 """The pause container's OCI spec and the pod's own files, as containerd's CRI plugin makes them.
 
-containerd (``sandboxContainerSpec``, ``setupSandboxFiles``) starts from the default spec and:
+containerd (``sandboxContainerSpec``, ``setupSandboxFiles``) starts from the default spec,
+without its rlimits and with its root filesystem read-only, the device cgroup left at its
+deny-all rule (runc allows the standard devices itself), and:
 runs the image's entrypoint/cmd with its env and working dir as the image's user (the pause
 image says 65535) unless the pod's security context names one; leaves out ``/run``; joins the
 pinned network namespace, or none of network and UTS for hostNetwork, and drops the PID and IPC
@@ -193,8 +195,9 @@ def sandbox_spec(
     if not args:
         raise InvalidArgument(f"sandbox image {image!r} has neither entrypoint nor cmd")
     spec = defaults.default_spec(namespace, sandbox_id)
-    defaults.add_default_devices(spec)
+    spec["root"]["readonly"] = True
     process = defaults.process(spec)
+    process.pop("rlimits", None)
     process["args"] = [str(a) for a in args]
     process["env"] = [str(e) for e in (run.get("Env") or [defaults.DEFAULT_PATH_ENV])]
     process["cwd"] = run.get("WorkingDir") or "/"
@@ -246,8 +249,6 @@ def sandbox_spec(
         process["capabilities"] = {k: list(capabilities) for k in ("bounding", "effective", "permitted")}
         linux.pop("maskedPaths", None)
         linux.pop("readonlyPaths", None)
-    if context.readonly_rootfs:
-        spec["root"]["readonly"] = True
     spec["annotations"] = spec_annotations(sandbox_id, config, image)
     return spec
 

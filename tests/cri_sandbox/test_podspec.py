@@ -33,6 +33,10 @@ def test_default_pod() -> None:
     assert spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox"
     assert spec["annotations"]["io.kubernetes.cri.sandbox-id"] == "abc"
     assert spec["linux"]["resources"]["cpu"] == {"shares": 2}
+    # As containerd's sandboxContainerSpec: read-only root, no rlimits, deny-all device cgroup.
+    assert spec["root"]["readonly"] is True
+    assert "rlimits" not in spec["process"]
+    assert spec["linux"]["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
 
 
 def test_host_namespaces_and_run_as_and_resources() -> None:

@@ -155,6 +155,13 @@ def test_propagation_needs_the_right_kind_of_host_mount(tmp_path: Path, rootfs: 
     assert "rootfsPropagation" not in private["linux"]
 
 
+def test_the_device_cgroup_is_deny_all_as_containerd_leaves_it(tmp_path: Path, rootfs: Path) -> None:
+    """No allow rules of our own for the standard devices: runc adds its defaults (null,
+    zero, tty, ptmx...) itself, and containerd's CRI spec has the deny-all rule alone."""
+    spec = build(tmp_path, rootfs, container())
+    assert spec["linux"]["resources"]["devices"] == [{"allow": False, "access": "rwm"}]
+
+
 def test_devices(tmp_path: Path, rootfs: Path) -> None:
     null = os.stat("/dev/null")
     config = container(devices=[api.Device(container_path="/dev/mynull", host_path="/dev/null", permissions="rw")])

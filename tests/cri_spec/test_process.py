@@ -143,12 +143,12 @@ def test_host_passwd_is_never_read(tmp_path: Path) -> None:
 def test_namespaces_join_the_pod(tmp_path: Path, rootfs: Path) -> None:
     box = sandbox(tmp_path / "sb", pause_pid=4321)
     spec = build(tmp_path, rootfs, container(), box=box)
-    assert spec["linux"]["namespaces"] == [
+    assert spec["linux"]["namespaces"] == [  # in containerd's order
         {"type": "pid", "path": "/proc/4321/ns/pid"},
-        {"type": "network", "path": "/run/netns/cni-test"},
         {"type": "ipc", "path": "/proc/4321/ns/ipc"},
         {"type": "uts", "path": "/proc/4321/ns/uts"},
         {"type": "mount"},
+        {"type": "network", "path": "/run/netns/cni-test"},
     ]
     assert "hostname" not in spec
 
