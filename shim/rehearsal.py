@@ -39,7 +39,7 @@ from . import events
 from .config import ShimConfig
 from .daemon import MAX_REPLY, Reply, open_log
 from .reaper import Reaper
-from .server import LISTEN_BACKLOG, SERVICE, Listening, TaskServicer, claim_socket, serve
+from .server import SERVICE, Listening, claim_socket, serve, serve_on, task_server
 from .spare import _claimed
 
 # More than the 8 calls after which CPython 3.11 quickens a function's bytecode.
@@ -51,17 +51,6 @@ CALL_TIMEOUT = 5.0
 
 async def _forwarded(request: events_pb2.ForwardRequest, context: ttrpc.Context) -> empty_pb2.Empty:
     return empty_pb2.Empty()
-
-
-async def _bind(server: ttrpc.Server, path: str) -> None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(LISTEN_BACKLOG)
-        await server.start(sock)
-    except BaseException:
-        sock.close()
-        raise
 
 
 async def _claim(config: ShimConfig) -> tuple[bytes, int, int]:
@@ -89,7 +78,7 @@ async def _claim(config: ShimConfig) -> tuple[bytes, int, int]:
 async def _serving(stack: contextlib.AsyncExitStack, server: ttrpc.Server, path: str) -> None:
     """Serve ``server`` on a new unix socket at ``path``; ``stack`` stops it and removes the file."""
     stack.callback(_remove, path)
-    await _bind(server, path)
+    await serve_on(server, path)
     stack.push_async_callback(server.shutdown)
 
 
@@ -119,9 +108,7 @@ async def _round(state_root: str, directory: str) -> None:
         manager = ttrpc.Server()  # stands in for ctrpyd's ttrpc socket, where events go
         manager.register(events.SERVICE, {"Forward": ttrpc.Method(events_pb2.ForwardRequest, _forwarded)})
         await _serving(stack, manager, config.address)
-        server = ttrpc.Server()
-        servicer = TaskServicer(None, asyncio.Event())
-        server.register(SERVICE, servicer.methods())
+        server, servicer = task_server()
         spare_path = os.path.join(directory, "p")
         await _serving(stack, server, spare_path)
         line, read_end, reply_fd = await _claim(config)

@@ -265,14 +265,26 @@ class Listening:
     servicer: TaskServicer
 
 
+def task_server() -> tuple[ttrpc.Server, TaskServicer]:
+    """A ttrpc server for the task service, whose servicer has no tasks yet."""
+    servicer = TaskServicer(None, asyncio.Event())
+    server = ttrpc.Server()
+    server.register(SERVICE, servicer.methods())
+    return server, servicer
+
+
 async def listen(socket_path: str) -> Listening:
     """Start the reaper, and a server on ``socket_path`` whose servicer has no tasks yet."""
     reaper = Reaper()
     reaper.install(asyncio.get_running_loop())
-    servicer = TaskServicer(None, asyncio.Event())
-    server = ttrpc.Server()
-    server.register(SERVICE, servicer.methods())
+    server, servicer = task_server()
     claim_socket(socket_path)
+    await serve_on(server, socket_path)
+    return Listening(reaper, server, servicer)
+
+
+async def serve_on(server: ttrpc.Server, socket_path: str) -> None:
+    """Start ``server`` on a new unix socket at ``socket_path`` (removed again if it fails)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(socket_path)
@@ -287,7 +299,6 @@ async def listen(socket_path: str) -> Listening:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)  # bound by us just now
         raise
-    return Listening(reaper, server, servicer)
 
 
 async def serve(
