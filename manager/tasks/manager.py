@@ -546,7 +546,7 @@ def _recorded_pod(bundle: Bundle) -> tuple[str, str]:
     """The pod and the runtime binary of a task found at start-up, from its bundle."""
     try:
         pod = _pod_of(json.loads((bundle.path / files.CONFIG).read_bytes()))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         pod = ""
     runtime = files.read_runtime(bundle.path)
     return pod, runtime.binary if runtime else ""
