@@ -13,8 +13,9 @@ and :mod:`ctrpy.images`); nothing here imports the CLI or the daemon.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ctrpy.lazyattrs import lazy_attributes
 
 if TYPE_CHECKING:
     from ctrpy.oci.container import (
@@ -66,13 +67,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(where), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 __all__ = [

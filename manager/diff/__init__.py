@@ -10,8 +10,9 @@ Imports point one way: ``ctrpy.errors`` and ``ctrpy.mount`` <- :mod:`.rootpath`,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ctrpy.lazyattrs import lazy_attributes
 
 from .limits import NO_LIMITS, Limits
 
@@ -44,13 +45,7 @@ _WHERE = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, {name: f"{__name__}.{module}" for name, module in _WHERE.items()})
 
 
 __all__ = [
