@@ -93,3 +93,25 @@ def test_image_by_id_and_mounts_in_status(pod: Pod, tmp_path: Path) -> None:
         ("/mnt/shared", str(host), True)]
     assert pod.exec_sync(container_id, "cat", "/mnt/shared/hello.txt").stdout == b"from the host\n"
     assert pod.exec_sync(container_id, "touch", "/mnt/shared/new").exit_code != 0  # read-only
+
+
+def test_create_resolves_its_image_afresh_after_ctr_tags_one(pod: Pod) -> None:
+    """A missing image is NotFound and leaves nothing (the name is free again); once the stock
+    ctr tags it, the next create finds it, though the CRI keeps its list of images between
+    calls (ctrpy.manager.cri.images)."""
+    pod.create(pod.container_config("first", "true"))  # the CRI's image list is kept from here
+    missing = "docker.io/library/tagged-later:1"
+    try:
+        pod.create(pod.container_config("later", "true", image=missing))
+    except errors.NotFound as error:
+        assert f'failed to resolve image "{missing}"' in str(error)
+    else:
+        raise AssertionError("a create with a missing image succeeded")
+    assert [c.metadata.name for c in pod.list()] == ["first"]
+    tagged = pod.daemon.ctr("images", "tag", IMAGE, missing, namespace="k8s.io")
+    assert tagged.returncode == 0, tagged.stderr
+    try:
+        container_id = pod.create(pod.container_config("later", "true", image=missing))
+        assert pod.state(container_id) == api.CONTAINER_CREATED
+    finally:
+        pod.daemon.ctr("images", "rm", missing, namespace="k8s.io")
